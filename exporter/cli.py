@@ -1,0 +1,117 @@
+"""Command line: `timewait-exporter [serve]` runs the daemon, `timewait-exporter dump` prints
+one poll's exposition."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from prometheus_client import generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from exporter import __version__, log
+from exporter.collector import SnapshotCollector
+from exporter.config import SOURCES, Config
+from exporter.poller import Poller
+from exporter.sources.netstat import DEFAULT_FIELDS
+
+SOURCE_HELP = {
+    "sockdiag": "TCP sockets per state from netlink sock_diag (needs root for INET_DIAG_MARK)",
+    "netstat": "TcpExt counters from /proc/net/netstat",
+    "sockstat": "the TCP line of /proc/net/sockstat",
+    "sysctl": "TIME-WAIT and port-range sysctls from /proc/sys/net/ipv4",
+    "slab": "tw_sock_TCP/tcp_bind_bucket slab caches (/proc/slabinfo or /sys/kernel/slab)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="timewait-exporter",
+        description="Prometheus exporter for TCP TIME-WAIT and ephemeral-port exhaustion.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "command", nargs="?", choices=("serve", "dump"), default="serve",
+        help="serve (default): run the daemon; dump: one poll, exposition on stdout",
+    )
+    web = parser.add_argument_group("web")
+    web.add_argument("--web.listen-address", dest="listen_address", default=":9961",
+                     help="[host]:port to listen on (default :9961, every address)")
+    web.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics",
+                     help="path of the metrics page (default /metrics)")
+    poll = parser.add_argument_group("polling")
+    poll.add_argument("--poll.interval", dest="poll_interval", type=float, default=15.0,
+                      help="seconds between polls (default 15)")
+    paths = parser.add_argument_group("paths")
+    paths.add_argument("--path.procfs", dest="procfs", default="/proc",
+                       help="procfs mount point (default /proc)")
+    paths.add_argument("--path.sysfs", dest="sysfs", default="/sys",
+                       help="sysfs mount point (default /sys)")
+    paths.add_argument("--path.run-netns", dest="run_netns", default="/run/netns",
+                       help="directory of named namespaces, for netns labels (default /run/netns)")
+    paths.add_argument("--netns.name", dest="netns_name", default=None,
+                       help="netns label of the exporter's own namespace (default: detect)")
+    collectors = parser.add_argument_group("collectors")
+    for source in SOURCES:
+        collectors.add_argument(f"--collector.{source}", dest=f"collector_{source}",
+                                action=argparse.BooleanOptionalAction, default=True,
+                                help=SOURCE_HELP[source])
+    collectors.add_argument("--collector.netstat.fields", dest="netstat_fields",
+                            default=DEFAULT_FIELDS,
+                            help="regex of TcpExt counters to export (default: %(default)s)")
+    logs = parser.add_argument_group("logging")
+    logs.add_argument("--log.level", dest="log_level", default="info",
+                      choices=log.LEVELS)
+    logs.add_argument("--log.format", dest="log_format", default="auto",
+                      choices=("auto", "json", "console"),
+                      help="auto: JSON unless stderr is a terminal")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return Config(
+        procfs=Path(args.procfs),
+        sysfs=Path(args.sysfs),
+        run_netns=Path(args.run_netns),
+        netns_name=args.netns_name,
+        collectors=frozenset(s for s in SOURCES if getattr(args, f"collector_{s}")),
+        netstat_fields=re.compile(args.netstat_fields),
+        poll_interval=args.poll_interval,
+        listen_address=args.listen_address,
+        telemetry_path=args.telemetry_path,
+        log_level=args.log_level,
+        log_format=args.log_format,
+    )
+
+
+def dump(config: Config) -> int:
+    """One poll, exposition on stdout. Exit 1 only when no source at all could be read."""
+    snapshot = Poller(config).poll_once()
+    collector = SnapshotCollector()
+    collector.update(snapshot)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    sys.stdout.buffer.write(generate_latest(registry))
+    sys.stdout.flush()
+    return 0 if any(result.ok for result in snapshot.results) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except re.error as exc:
+        parser.error(f"--collector.netstat.fields is not a valid regex: {exc}")
+    if config.poll_interval <= 0:
+        parser.error("--poll.interval must be positive")
+    log.configure(config.log_level, config.log_format)
+    if args.command == "dump":
+        return dump(config)
+    from exporter import daemon
+
+    daemon.run(config)
+    return 0

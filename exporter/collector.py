@@ -1,0 +1,244 @@
+"""A custom prometheus_client collector that renders the latest Snapshot at scrape time.
+
+There are no global Gauge objects: every scrape builds its metric families from the
+snapshot it is handed, so a series whose socket bucket emptied simply is not rendered.
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from exporter import __version__
+from exporter.snapshot import Snapshot, SourceResult
+from exporter.socket_stats import SocketStats
+from exporter.sources import PAGE_SIZE
+from exporter.sources.netstat import snake_case
+from exporter.sources.slab import SlabCache
+from exporter.sources.sysctl import Sysctls
+
+LAST_POLL = " (value from the last poll)"
+
+SOCKSTAT_HELP = {
+    "inuse": "TCP sockets in use in the namespace, TIME-WAIT excluded (/proc/net/sockstat inuse)",
+    "orphan": "Orphaned TCP sockets, host-wide (/proc/net/sockstat orphan)",
+    "tw": "TCP sockets in TIME-WAIT in the namespace (/proc/net/sockstat tw)",
+    "alloc": "Allocated TCP sockets, host-wide (/proc/net/sockstat alloc)",
+}
+
+# sysctl name → (metric suffix, help)
+SYSCTL_METRICS = {
+    "tcp_tw_reuse": ("tcp_tw_reuse", "net.ipv4.tcp_tw_reuse: 0 off, 1 on, 2 loopback only"),
+    "tcp_tw_reuse_delay": (
+        "tcp_tw_reuse_delay_seconds",
+        "net.ipv4.tcp_tw_reuse_delay: minimum TIME-WAIT age before reuse",
+    ),
+    "tcp_tw_recycle": ("tcp_tw_recycle", "net.ipv4.tcp_tw_recycle (kernels before 4.12 only)"),
+    "tcp_max_tw_buckets": (
+        "tcp_max_tw_buckets",
+        "net.ipv4.tcp_max_tw_buckets: TIME-WAIT sockets beyond this are destroyed at once",
+    ),
+    "tcp_timestamps": ("tcp_timestamps", "net.ipv4.tcp_timestamps (tcp_tw_reuse needs them)"),
+    "tcp_fin_timeout": ("tcp_fin_timeout_seconds", "net.ipv4.tcp_fin_timeout: FIN-WAIT-2 lifetime"),
+    "tcp_ehash_entries": (
+        "tcp_ehash_entries",
+        "net.ipv4.tcp_ehash_entries: established hash size; negative when shared with the host",
+    ),
+}
+
+
+class SnapshotCollector(Collector):
+    def __init__(self) -> None:
+        self._snapshot: Snapshot | None = None
+        self._lock = threading.Lock()
+
+    def update(self, snapshot: Snapshot) -> None:
+        with self._lock:
+            self._snapshot = snapshot
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        with self._lock:
+            return self._snapshot
+
+    def describe(self) -> list[Metric]:
+        return []  # names vary with the snapshot; do not let register() call collect()
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self.snapshot
+        build = GaugeMetricFamily(
+            "tcptw_build_info",
+            "Build information of the timewait-exporter; always 1",
+            labels=["version", "python_version"],
+        )
+        build.add_metric([__version__, platform.python_version()], 1)
+        yield build
+        if snapshot is None:
+            return
+        yield from render(snapshot)
+
+
+def render(snapshot: Snapshot) -> Iterator[Metric]:
+    yield from _self_metrics(snapshot)
+    by_source: dict[str, list[SourceResult]] = {}
+    for result in snapshot.results:
+        if result.ok:
+            by_source.setdefault(result.source, []).append(result)
+    yield from _sockets(by_source.get("sockdiag", []))
+    yield from _tcpext(by_source.get("netstat", []))
+    yield from _sockstat(by_source.get("sockstat", []))
+    yield from _sysctls(by_source.get("sysctl", []))
+    yield from _slab(by_source.get("slab", []))
+
+
+def _self_metrics(snapshot: Snapshot) -> Iterator[Metric]:
+    success = GaugeMetricFamily(
+        "tcptw_source_success",
+        "1 when the source was read successfully in the last poll, 0 when it failed",
+        labels=["netns", "source"],
+    )
+    duration = GaugeMetricFamily(
+        "tcptw_source_duration_seconds",
+        "Time the source took in the last poll",
+        labels=["netns", "source"],
+    )
+    for result in snapshot.results:
+        success.add_metric([result.netns, result.source], 1 if result.ok else 0)
+        duration.add_metric([result.netns, result.source], result.duration_seconds)
+    yield success
+    yield duration
+    yield GaugeMetricFamily(
+        "tcptw_poll_duration_seconds",
+        "Wall time of the last complete poll of all namespaces and sources",
+        value=snapshot.duration_seconds,
+    )
+    yield GaugeMetricFamily(
+        "tcptw_last_poll_timestamp_seconds",
+        "Unix time at which the last complete poll started",
+        value=snapshot.started_at,
+    )
+    yield CounterMetricFamily(
+        "tcptw_poll_overruns",
+        "Polls that outlasted the poll interval (the next poll was delayed, never overlapped)",
+        value=snapshot.poll_overruns,
+    )
+
+
+def _sockets(results: list[SourceResult]) -> Iterator[Metric]:
+    if not results:
+        return
+    family = GaugeMetricFamily(
+        "tcptw_sockets",
+        "TCP sockets by address family and state, from sock_diag" + LAST_POLL,
+        labels=["netns", "family", "state"],
+    )
+    for result in results:
+        stats: SocketStats = result.data
+        for (fam, state), count in stats.states.items():
+            family.add_metric([result.netns, fam, state], count)
+    yield family
+
+
+def _tcpext(results: list[SourceResult]) -> Iterator[Metric]:
+    families: dict[str, CounterMetricFamily] = {}
+    for result in results:
+        counters: dict[str, int] = result.data
+        for field, value in counters.items():
+            metric = families.get(field)
+            if metric is None:
+                metric = CounterMetricFamily(
+                    f"tcptw_tcpext_{snake_case(field)}",
+                    f"TcpExt {field} counter from /proc/net/netstat" + LAST_POLL,
+                    labels=["netns"],
+                )
+                families[field] = metric
+            metric.add_metric([result.netns], value)
+    yield from families.values()
+
+
+def _sockstat(results: list[SourceResult]) -> Iterator[Metric]:
+    if not results:
+        return
+    gauges = {
+        name: GaugeMetricFamily(f"tcptw_sockstat_tcp_{name}", text + LAST_POLL, labels=["netns"])
+        for name, text in SOCKSTAT_HELP.items()
+    }
+    memory = GaugeMetricFamily(
+        "tcptw_sockstat_tcp_memory_bytes",
+        "TCP buffer memory, host-wide (/proc/net/sockstat mem pages × page size)" + LAST_POLL,
+        labels=["netns"],
+    )
+    for result in results:
+        fields: dict[str, int] = result.data
+        for name, gauge in gauges.items():
+            if name in fields:
+                gauge.add_metric([result.netns], fields[name])
+        if "mem" in fields:
+            memory.add_metric([result.netns], fields["mem"] * PAGE_SIZE)
+    yield from gauges.values()
+    yield memory
+
+
+def _sysctls(results: list[SourceResult]) -> Iterator[Metric]:
+    if not results:
+        return
+    port_min = GaugeMetricFamily(
+        "tcptw_sysctl_ip_local_port_range_min",
+        "net.ipv4.ip_local_port_range: first ephemeral port" + LAST_POLL,
+        labels=["netns"],
+    )
+    port_max = GaugeMetricFamily(
+        "tcptw_sysctl_ip_local_port_range_max",
+        "net.ipv4.ip_local_port_range: last ephemeral port" + LAST_POLL,
+        labels=["netns"],
+    )
+    reserved = GaugeMetricFamily(
+        "tcptw_sysctl_ip_local_reserved_ports",
+        "Number of ports listed in net.ipv4.ip_local_reserved_ports" + LAST_POLL,
+        labels=["netns"],
+    )
+    values = {
+        name: GaugeMetricFamily(f"tcptw_sysctl_{suffix}", text + LAST_POLL, labels=["netns"])
+        for name, (suffix, text) in SYSCTL_METRICS.items()
+    }
+    for result in results:
+        data: Sysctls = result.data
+        if data.port_range is not None:
+            port_min.add_metric([result.netns], data.port_range[0])
+            port_max.add_metric([result.netns], data.port_range[1])
+        count = data.reserved_count()
+        if count is not None:
+            reserved.add_metric([result.netns], count)
+        for name, value in data.values.items():
+            values[name].add_metric([result.netns], value)
+    yield port_min
+    yield port_max
+    yield reserved
+    yield from (family for family in values.values() if family.samples)
+
+
+def _slab(results: list[SourceResult]) -> Iterator[Metric]:
+    if not results:
+        return
+    labels = ["cache", "merged", "shared_cache"]
+    spec = [
+        ("tcptw_slab_objects", "Object slots allocated in the slab cache", "objects"),
+        ("tcptw_slab_active_objects", "Object slots in use in the slab cache", "active_objects"),
+        ("tcptw_slab_object_size_bytes", "Bytes per object slot, metadata included", "object_size"),
+        ("tcptw_slab_memory_bytes", "Memory held by the cache's slabs", "memory_bytes"),
+    ]
+    note = "; merged=\"true\": SLUB merged the cache, figures are the shared cache's" + LAST_POLL
+    for name, text, attribute in spec:
+        family = GaugeMetricFamily(name, text + note, labels=labels)
+        for result in results:
+            caches: tuple[SlabCache, ...] = result.data
+            for cache in caches:
+                merged = "true" if cache.merged else "false"
+                family.add_metric(
+                    [cache.name, merged, cache.shared_cache], getattr(cache, attribute)
+                )
+        yield family

@@ -1,0 +1,104 @@
+"""The serve loop: asyncio (on uvloop when installed), polls in a worker thread, HTTP on
+the loop. Netlink and file I/O never run on the event loop (uvloop cannot open AF_NETLINK
+endpoints, and a blocking dump would stall scrapes)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import structlog
+from prometheus_client.registry import CollectorRegistry
+
+from exporter.collector import SnapshotCollector
+from exporter.config import Config
+from exporter.poller import Poller
+from exporter.server import MetricsServer
+
+log = structlog.get_logger("timewait_exporter.daemon")
+T = TypeVar("T")
+
+
+def in_daemon_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
+    """Run fn in a daemon thread: a poll still running at shutdown does not hold up exit
+    (ThreadPoolExecutor threads are joined at interpreter exit)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.cancelled():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def target() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return future
+
+
+async def poll_forever(poller: Poller, collector: SnapshotCollector, interval: float) -> None:
+    """Poll every `interval` seconds; a poll that outlasts the interval delays the next
+    one (polls never overlap) and counts as an overrun."""
+    overruns = 0
+    next_start = time.monotonic()
+    while True:
+        started = time.monotonic()
+        try:
+            snapshot = await in_daemon_thread(poller.poll_once, "poll")
+        except Exception:
+            log.exception("poll failed")
+        else:
+            collector.update(dataclasses.replace(snapshot, poll_overruns=overruns))
+        finished = time.monotonic()
+        next_start += interval
+        if finished > next_start:
+            overruns += 1
+            log.warning("poll overran the interval", seconds=round(finished - started, 3))
+            next_start = finished
+        await asyncio.sleep(max(0.0, next_start - time.monotonic()))
+
+
+async def serve(config: Config) -> None:
+    poller = Poller(config)
+    collector = SnapshotCollector()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    server = await MetricsServer(registry, config.telemetry_path).start(config.listen_address)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    addresses = [sock.getsockname()[:2] for sock in server.sockets]
+    log.info("listening", addresses=[f"{a[0]}:{a[1]}" for a in addresses])
+    poll_task = asyncio.create_task(poll_forever(poller, collector, config.poll_interval))
+    await stop.wait()
+    log.info("shutting down")
+    poll_task.cancel()
+    server.close()
+    try:
+        await asyncio.wait_for(server.wait_closed(), 1.0)
+    except TimeoutError:
+        pass
+
+
+def run(config: Config) -> None:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional at run time; the stdlib loop serves too
+        asyncio.run(serve(config))
+    else:
+        uvloop.run(serve(config))

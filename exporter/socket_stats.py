@@ -1,0 +1,63 @@
+"""Aggregate sock_diag batches into per-namespace socket statistics (one pass, no per-socket
+Python objects). Output is immutable and small: its size depends on states and buckets,
+never on the number of sockets."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from exporter.sources.inet_diag import FAMILIES, TCP_STATES, Batch, DumpInterrupted
+from exporter.sources.sockdiag import dump_all
+
+_FAMILY_INDEX = {socket.AF_INET: 0, socket.AF_INET6: 1}
+_FAMILY_BY_INDEX = {0: socket.AF_INET, 1: socket.AF_INET6}
+
+
+@dataclass(frozen=True, slots=True)
+class SocketStats:
+    # (family name, state name) → sockets; every state of every dumped family is present.
+    states: dict[tuple[str, str], int]
+    # Families the kernel refused to dump (IPv6 disabled): absent, not 0.
+    missing_families: tuple[str, ...]
+
+
+class SocketTally:
+    """The consumer fed by the dump: counts per (family, state)."""
+
+    def __init__(self) -> None:
+        self._counts: npt.NDArray[np.int64] = np.zeros(32, dtype=np.int64)
+
+    def add(self, batch: Batch) -> None:
+        family_index = (batch.family == socket.AF_INET6).astype(np.int64)
+        index = family_index * 16 + batch.state
+        self._counts += np.bincount(index, minlength=32)[:32]
+
+    def result(self, missing: dict[int, str]) -> SocketStats:
+        states: dict[tuple[str, str], int] = {}
+        for index, family in _FAMILY_BY_INDEX.items():
+            if family in missing:
+                continue
+            for state, name in TCP_STATES.items():
+                states[(FAMILIES[family], name)] = int(self._counts[index * 16 + state])
+        return SocketStats(
+            states=states, missing_families=tuple(FAMILIES[f] for f in sorted(missing))
+        )
+
+
+def collect_socket_stats(retries: int = 1) -> SocketStats:
+    """Dump this thread's namespace; a dump the kernel flags as interrupted
+    (NLM_F_DUMP_INTR) is redone from scratch once, then reported as an error."""
+    for attempt in range(retries + 1):
+        tally = SocketTally()
+        try:
+            missing = dump_all(tally)
+        except DumpInterrupted:
+            if attempt == retries:
+                raise
+            continue
+        return tally.result(missing)
+    raise AssertionError("unreachable")

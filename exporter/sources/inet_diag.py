@@ -1,0 +1,222 @@
+"""Pure encode/decode of NETLINK_SOCK_DIAG inet_diag messages (no I/O).
+
+Layouts follow include/uapi/linux/inet_diag.h and include/uapi/linux/netlink.h:
+
+    struct nlmsghdr      { u32 len; u16 type; u16 flags; u32 seq; u32 pid; }       16 bytes
+    struct inet_diag_msg { u8 family, state, timer, retrans;
+                           struct inet_diag_sockid { be16 sport, dport; be32 src[4], dst[4];
+                                                     u32 if; u32 cookie[2]; };
+                           u32 expires, rqueue, wqueue, uid, inode; }            72 bytes
+
+A dump reply is a run of such records, each followed by netlink attributes we do not
+read (as root a TIME-WAIT record is 96 bytes: the kernel adds INET_DIAG_MARK). The hot
+path never builds a Python object per socket: `decode_batch` finds every record of a
+receive buffer with a handful of numpy operations and returns column arrays.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST = 0x01
+NLM_F_MULTI = 0x02
+NLM_F_DUMP_INTR = 0x10  # the dump was interrupted by a table change: inconsistent
+NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
+
+NLMSG_HDR = struct.Struct("=IHHII")
+# inet_diag_req_v2: family, protocol, ext, pad, states, then inet_diag_sockid (48 bytes).
+INET_DIAG_REQ_V2 = struct.Struct("=BBBxI48s")
+ERRNO = struct.Struct("=i")
+
+# Kernel TCP states (include/net/tcp_states.h), named as `ss` names them, snake_case.
+TCP_STATES: dict[int, str] = {
+    1: "established",
+    2: "syn_sent",
+    3: "syn_recv",
+    4: "fin_wait1",
+    5: "fin_wait2",
+    6: "time_wait",
+    7: "close",
+    8: "close_wait",
+    9: "last_ack",
+    10: "listen",
+    11: "closing",
+}
+TCP_LISTEN = 10
+TCP_TIME_WAIT = 6
+ALL_STATES = sum(1 << s for s in TCP_STATES)  # 0xffe, TCPF_* bits
+FAMILIES: dict[int, str] = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+
+# Offsets inside one record (nlmsghdr + inet_diag_msg).
+OFF_FAMILY = 16
+OFF_STATE = 17
+OFF_SPORT = 20
+OFF_DPORT = 22
+OFF_SRC = 24
+OFF_DST = 40
+MIN_RECORD = NLMSG_HDR.size + 72
+
+
+class DiagProtocolError(Exception):
+    """The kernel answered an error, or something a sock_diag dump should not contain."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class DumpInterrupted(Exception):
+    """NLM_F_DUMP_INTR: the socket tables changed during the dump (retry once)."""
+
+
+def build_request(family: int, states: int, seq: int, bytecode: bytes = b"") -> bytes:
+    """One SOCK_DIAG_BY_FAMILY dump request for TCP sockets in `states` (TCPF_* bitmask).
+
+    No extensions are requested (idiag_ext = 0), so records stay small. `bytecode`, when
+    given, is an INET_DIAG_REQ_BYTECODE filter program (see `port_filter_bytecode`).
+    """
+    body = INET_DIAG_REQ_V2.pack(family, socket.IPPROTO_TCP, 0, states, b"\0" * 48)
+    if bytecode:
+        attr_len = 4 + len(bytecode)
+        body += struct.pack("=HH", attr_len, 1) + bytecode  # INET_DIAG_REQ_BYTECODE = 1
+        body += b"\0" * (-attr_len % 4)
+    length = NLMSG_HDR.size + len(body)
+    return NLMSG_HDR.pack(length, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Column view of every socket record in one receive buffer (all arrays length n)."""
+
+    family: npt.NDArray[np.uint8]
+    state: npt.NDArray[np.uint8]
+    sport: npt.NDArray[np.uint16]  # host order
+    dport: npt.NDArray[np.uint16]
+    src: npt.NDArray[np.uint8]  # shape (n, 16): the address bytes as the kernel sent them
+    dst: npt.NDArray[np.uint8]
+
+    def __len__(self) -> int:
+        return int(self.state.shape[0])
+
+
+@dataclass(frozen=True, slots=True)
+class BatchEnd:
+    """What followed the records: whether NLMSG_DONE was seen and the dump's flags."""
+
+    done: bool
+    interrupted: bool
+
+
+def _walk_offsets(buf: memoryview, length: int) -> list[int]:
+    """Slow, obviously-correct walk of nlmsghdr lengths (the fallback path)."""
+    offsets: list[int] = []
+    off = 0
+    while off < length:
+        if length - off < NLMSG_HDR.size:
+            raise DiagProtocolError(f"truncated netlink header at offset {off} of {length}")
+        msg_len = NLMSG_HDR.unpack_from(buf, off)[0]
+        if msg_len < NLMSG_HDR.size or off + msg_len > length:
+            raise DiagProtocolError(f"bad nlmsg_len {msg_len} at offset {off} of {length}")
+        offsets.append(off)
+        off += (msg_len + 3) & ~3  # NLMSG_ALIGN
+    return offsets
+
+
+def find_records(buf: memoryview, length: int, seq: int, pid: int) -> npt.NDArray[np.int64]:
+    """Offsets of every netlink message in buf[:length].
+
+    Fast path: every reply header carries our request's seq and port id, so candidate
+    starts are the 4-byte-aligned words matching both. The candidates are then proven to
+    be the real chain (each start + aligned length == next start, last one ends the
+    buffer); a payload that happened to contain the pattern would break the chain, and we
+    fall back to walking lengths one by one.
+    """
+    if length % 4 == 0 and length >= NLMSG_HDR.size:
+        words = np.frombuffer(buf, dtype=np.uint32, count=length // 4)
+        hits = np.flatnonzero((words[2:-1] == seq) & (words[3:] == pid))
+        if hits.size and hits[0] == 0:
+            starts = hits * 4
+            lens = words[hits].astype(np.int64)
+            ends = starts + ((lens + 3) & ~3)
+            if (
+                ends[-1] == length
+                and bool(np.all(ends[:-1] == starts[1:]))
+                and bool(np.all(lens >= NLMSG_HDR.size))
+            ):
+                return starts
+    return np.asarray(_walk_offsets(buf, length), dtype=np.int64)
+
+
+def decode_batch(buf: memoryview, length: int, seq: int, pid: int) -> tuple[Batch, BatchEnd]:
+    """Decode one or more whole receive buffers of a dump reply.
+
+    Raises DiagProtocolError on NLMSG_ERROR, a DONE carrying an error, a record too
+    short for inet_diag_msg, or a message type a sock_diag dump never sends.
+    """
+    offsets = find_records(buf, length, seq, pid)
+    raw = np.frombuffer(buf, dtype=np.uint8, count=length)
+    types = raw[offsets + 4].astype(np.uint16) | (raw[offsets + 5].astype(np.uint16) << 8)
+    flags = raw[offsets + 6]
+    done = False
+    data = offsets
+    if types.size and not bool(np.all(types == SOCK_DIAG_BY_FAMILY)):
+        other = np.flatnonzero(types != SOCK_DIAG_BY_FAMILY)
+        first = int(other[0])
+        kind = int(types[first])
+        off = int(offsets[first])
+        if kind == NLMSG_DONE:
+            # NLMSG_DONE carries an int: 0, or -errno when the dump failed part-way.
+            msg_len = NLMSG_HDR.unpack_from(buf, off)[0]
+            if msg_len >= NLMSG_HDR.size + 4:
+                err = ERRNO.unpack_from(buf, off + NLMSG_HDR.size)[0]
+                if err < 0:
+                    raise DiagProtocolError(
+                        f"dump ended with error {-err}: {_strerror(-err)}", -err
+                    )
+            if first != types.size - 1:
+                raise DiagProtocolError("messages after NLMSG_DONE")
+            done = True
+        elif kind == NLMSG_ERROR:
+            err = ERRNO.unpack_from(buf, off + NLMSG_HDR.size)[0]
+            raise DiagProtocolError(f"kernel returned NLMSG_ERROR {-err}: {_strerror(-err)}", -err)
+        else:
+            raise DiagProtocolError(f"unexpected netlink message type {kind} in sock_diag dump")
+        data = offsets[:first]
+        flags = flags[:first]
+    if data.size:
+        lens = raw[data].astype(np.int64) | (raw[data + 1].astype(np.int64) << 8)
+        lens |= (raw[data + 2].astype(np.int64) << 16) | (raw[data + 3].astype(np.int64) << 24)
+        if int(lens.min()) < MIN_RECORD:
+            raise DiagProtocolError(f"inet_diag record shorter than {MIN_RECORD} bytes")
+    interrupted = bool(np.any(flags & NLM_F_DUMP_INTR))
+    port_bytes = raw[(data + OFF_SPORT)[:, None] + np.arange(4)].astype(np.uint16)
+    sport = (port_bytes[:, 0] << 8) | port_bytes[:, 1]
+    dport = (port_bytes[:, 2] << 8) | port_bytes[:, 3]
+    addrs = raw[(data + OFF_SRC)[:, None] + np.arange(32)]
+    batch = Batch(
+        family=raw[data + OFF_FAMILY],
+        state=raw[data + OFF_STATE],
+        sport=sport,
+        dport=dport,
+        src=addrs[:, :16],
+        dst=addrs[:, 16:],
+    )
+    return batch, BatchEnd(done=done, interrupted=interrupted)
+
+
+def _strerror(errno_value: int) -> str:
+    import os
+
+    try:
+        return os.strerror(errno_value)
+    except ValueError:
+        return "unknown error"

@@ -1,0 +1,65 @@
+"""TcpExt counters from /proc/net/netstat (net/ipv4/proc.c, netstat_seq_show).
+
+The file holds pairs of lines per group: a header line naming the counters and a value
+line, both starting with the group name ("TcpExt:"). Counters are parsed by header name,
+so a counter the running kernel does not have (PAWSPassive, i.e. LINUX_MIB_PAWSPASSIVEREJECTED,
+went away with tcp_tw_recycle in Linux 4.12; PAWSOldAck exists only on recent kernels) is
+absent from the result, never 0.
+"""
+
+from __future__ import annotations
+
+import re
+
+from exporter.sources import NetnsView, SourceError, read_text
+
+DEFAULT_FIELDS = (
+    r"^(TW|TWRecycled|TWKilled|TCPTimeWaitOverflow|PAWS\w*|TSEcrRejected"
+    r"|TCPACKSkipped\w*|ListenOverflows|ListenDrops)$"
+)
+
+
+def parse_netstat(text: str, group: str = "TcpExt") -> dict[str, int]:
+    """All counters of one group, in file order. Raises SourceError on malformed input."""
+    prefix = group + ":"
+    lines = [line for line in text.splitlines() if line.startswith(prefix)]
+    if not lines:
+        raise SourceError(f"no {group} lines")
+    if len(lines) != 2:
+        raise SourceError(f"expected a {group} header and value line, found {len(lines)} lines")
+    names = lines[0].split()[1:]
+    values = lines[1].split()[1:]
+    if len(names) != len(values):
+        raise SourceError(f"{group} has {len(names)} names but {len(values)} values")
+    if len(set(names)) != len(names):
+        raise SourceError(f"{group} header repeats a counter name")
+    counters: dict[str, int] = {}
+    for name, value in zip(names, values, strict=True):
+        if not value.isdigit():
+            raise SourceError(f"{group} counter {name} is not a number: {value[:32]!r}")
+        counters[name] = int(value)
+    return counters
+
+
+def select_fields(counters: dict[str, int], pattern: re.Pattern[str]) -> dict[str, int]:
+    return {name: value for name, value in counters.items() if pattern.search(name)}
+
+
+def read_netstat(netns: NetnsView) -> dict[str, int]:
+    return parse_netstat(read_text(netns.proc_net / "netstat"))
+
+
+_ACRONYM_TAIL = re.compile(r"([A-Z]+)([A-Z][a-z])")
+_WORD_START = re.compile(r"([a-z0-9])([A-Z])")
+
+
+def snake_case(name: str) -> str:
+    """Kernel counter name to metric snake_case: TCPACKSkippedTimeWait → tcp_ack_skipped_time_wait.
+
+    A leading "TCP" is split off first because the kernel glues it to the next acronym.
+    """
+    if name.startswith("TCP") and len(name) > 3 and name[3].isupper():
+        name = "TCP_" + name[3:]
+    name = _ACRONYM_TAIL.sub(r"\1_\2", name)
+    name = _WORD_START.sub(r"\1_\2", name)
+    return name.lower()

@@ -1,0 +1,113 @@
+"""Slab caches that hold TIME-WAIT and bind state (host-wide, not per namespace).
+
+tw_sock_TCP / tw_sock_TCPv6 hold struct tcp_timewait_sock; tcp_bind_bucket and (since
+6.1) tcp_bind2_bucket hold the bind hash entries of locally bound ports.
+
+/proc/slabinfo (mm/slab_common.c, cache_show) is used when readable. Under SLUB a cache
+may be merged into a shared one (mm/slub.c, __kmem_cache_alias): /sys/kernel/slab/<name>
+is then a symlink to a unique ":A-0000128"-style directory, the name is missing from
+/proc/slabinfo, and the figures are those of the shared cache. We report those figures
+with merged="true"; the memory they show is shared with every alias.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from exporter.sources import SourceError, read_text
+
+CACHES = ("tw_sock_TCP", "tw_sock_TCPv6", "tcp_bind_bucket", "tcp_bind2_bucket")
+
+
+@dataclass(frozen=True, slots=True)
+class SlabCache:
+    name: str
+    objects: int  # allocated object slots (num_objs / total_objects)
+    active_objects: int  # slots in use (active_objs / objects)
+    object_size: int  # bytes per slot, metadata included (objsize / slab_size)
+    memory_bytes: int  # pages held by the cache's slabs
+    merged: bool
+    shared_cache: str  # the cache whose figures these are ("" when not merged)
+
+
+def parse_slabinfo(text: str, page_size: int) -> dict[str, SlabCache]:
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith("slabinfo - version: 2."):
+        raise SourceError("slabinfo does not start with a version 2.x header")
+    caches: dict[str, SlabCache] = {}
+    for line in lines[1:]:
+        if line.startswith("#") or not line.strip():
+            continue
+        words = line.split()
+        # name active num objsize objperslab pagesperslab : tunables l b s : slabdata a n s
+        if len(words) != 16 or words[6] != ":" or words[11] != ":":
+            raise SourceError(f"malformed slabinfo line: {line[:80]!r}")
+        numbers = [words[i] for i in (1, 2, 3, 5, 13)]
+        if not all(n.isdigit() for n in numbers):
+            raise SourceError(f"non-numeric slabinfo line: {line[:80]!r}")
+        active, total, size, pages_per_slab, slabs = (int(n) for n in numbers)
+        caches[words[0]] = SlabCache(
+            name=words[0],
+            objects=total,
+            active_objects=active,
+            object_size=size,
+            memory_bytes=slabs * pages_per_slab * page_size,
+            merged=False,
+            shared_cache="",
+        )
+    return caches
+
+
+def _first_number(path: Path) -> int:
+    text = read_text(path).split()
+    if not text or not text[0].isdigit():
+        raise SourceError(f"{path} does not start with a number")
+    return int(text[0])
+
+
+def read_sysfs_cache(sys_slab: Path, name: str, page_size: int) -> SlabCache | None:
+    """Figures of one cache from /sys/kernel/slab (SLUB only); None when absent."""
+    entry = sys_slab / name
+    if not entry.exists():
+        return None
+    merged = entry.is_symlink()
+    shared = os.path.basename(os.readlink(entry)) if merged else ""
+    slabs = _first_number(entry / "slabs")
+    order = _first_number(entry / "order")
+    return SlabCache(
+        name=name,
+        objects=_first_number(entry / "total_objects"),
+        active_objects=_first_number(entry / "objects"),
+        object_size=_first_number(entry / "slab_size"),
+        memory_bytes=slabs * (page_size << order),
+        merged=merged,
+        shared_cache=shared,
+    )
+
+
+def read_slab(procfs: Path, sysfs: Path, page_size: int) -> list[SlabCache]:
+    """One entry per cache of CACHES that the kernel has; a cache it lacks is absent."""
+    sys_slab = sysfs / "kernel" / "slab"
+    # /proc/slabinfo is mode 0400: unreadable without root, then sysfs alone serves.
+    # A readable but malformed slabinfo is an error, not a reason to guess.
+    try:
+        slabinfo_text: str | None = read_text(procfs / "slabinfo")
+    except SourceError:
+        if not sys_slab.is_dir():
+            raise
+        slabinfo_text = None
+    from_proc = parse_slabinfo(slabinfo_text, page_size) if slabinfo_text is not None else {}
+    result: list[SlabCache] = []
+    for name in CACHES:
+        merged = (sys_slab / name).is_symlink()
+        if name in from_proc and not merged:
+            result.append(from_proc[name])
+            continue
+        cache = read_sysfs_cache(sys_slab, name, page_size)
+        if cache is not None:
+            result.append(cache)
+    if not result:
+        raise SourceError("none of the TIME-WAIT slab caches found in slabinfo or sysfs")
+    return result
