@@ -34,40 +34,76 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
-        "command", nargs="?", choices=("serve", "dump"), default="serve",
+        "command",
+        nargs="?",
+        choices=("serve", "dump"),
+        default="serve",
         help="serve (default): run the daemon; dump: one poll, exposition on stdout",
     )
     web = parser.add_argument_group("web")
-    web.add_argument("--web.listen-address", dest="listen_address", default=":9961",
-                     help="[host]:port to listen on (default :9961, every address)")
-    web.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics",
-                     help="path of the metrics page (default /metrics)")
+    web.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        default=":9961",
+        help="[host]:port to listen on (default :9961, every address)",
+    )
+    web.add_argument(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        default="/metrics",
+        help="path of the metrics page (default /metrics)",
+    )
     poll = parser.add_argument_group("polling")
-    poll.add_argument("--poll.interval", dest="poll_interval", type=float, default=15.0,
-                      help="seconds between polls (default 15)")
+    poll.add_argument(
+        "--poll.interval",
+        dest="poll_interval",
+        type=float,
+        default=15.0,
+        help="seconds between polls (default 15)",
+    )
     paths = parser.add_argument_group("paths")
-    paths.add_argument("--path.procfs", dest="procfs", default="/proc",
-                       help="procfs mount point (default /proc)")
-    paths.add_argument("--path.sysfs", dest="sysfs", default="/sys",
-                       help="sysfs mount point (default /sys)")
-    paths.add_argument("--path.run-netns", dest="run_netns", default="/run/netns",
-                       help="directory of named namespaces, for netns labels (default /run/netns)")
-    paths.add_argument("--netns.name", dest="netns_name", default=None,
-                       help="netns label of the exporter's own namespace (default: detect)")
+    paths.add_argument(
+        "--path.procfs", dest="procfs", default="/proc", help="procfs mount point (default /proc)"
+    )
+    paths.add_argument(
+        "--path.sysfs", dest="sysfs", default="/sys", help="sysfs mount point (default /sys)"
+    )
+    paths.add_argument(
+        "--path.run-netns",
+        dest="run_netns",
+        default="/run/netns",
+        help="directory of named namespaces, for netns labels (default /run/netns)",
+    )
+    paths.add_argument(
+        "--netns.name",
+        dest="netns_name",
+        default=None,
+        help="netns label of the exporter's own namespace (default: detect)",
+    )
     collectors = parser.add_argument_group("collectors")
     for source in SOURCES:
-        collectors.add_argument(f"--collector.{source}", dest=f"collector_{source}",
-                                action=argparse.BooleanOptionalAction, default=True,
-                                help=SOURCE_HELP[source])
-    collectors.add_argument("--collector.netstat.fields", dest="netstat_fields",
-                            default=DEFAULT_FIELDS,
-                            help="regex of TcpExt counters to export (default: %(default)s)")
+        collectors.add_argument(
+            f"--collector.{source}",
+            dest=f"collector_{source}",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help=SOURCE_HELP[source],
+        )
+    collectors.add_argument(
+        "--collector.netstat.fields",
+        dest="netstat_fields",
+        default=DEFAULT_FIELDS,
+        help="regex of TcpExt counters to export (default: %(default)s)",
+    )
     logs = parser.add_argument_group("logging")
-    logs.add_argument("--log.level", dest="log_level", default="info",
-                      choices=log.LEVELS)
-    logs.add_argument("--log.format", dest="log_format", default="auto",
-                      choices=("auto", "json", "console"),
-                      help="auto: JSON unless stderr is a terminal")
+    logs.add_argument("--log.level", dest="log_level", default="info", choices=log.LEVELS)
+    logs.add_argument(
+        "--log.format",
+        dest="log_format",
+        default="auto",
+        choices=("auto", "json", "console"),
+        help="auto: JSON unless stderr is a terminal",
+    )
     return parser
 
 

@@ -169,7 +169,8 @@ def _sockstat(results: list[SourceResult]) -> Iterator[Metric]:
     }
     memory = GaugeMetricFamily(
         "tcptw_sockstat_tcp_memory_bytes",
-        "TCP buffer memory, host-wide (/proc/net/sockstat mem pages × page size)" + LAST_POLL,
+        "TCP buffer memory, host-wide (/proc/net/sockstat mem pages times the page size)"
+        + LAST_POLL,
         labels=["netns"],
     )
     for result in results:
@@ -231,7 +232,7 @@ def _slab(results: list[SourceResult]) -> Iterator[Metric]:
         ("tcptw_slab_object_size_bytes", "Bytes per object slot, metadata included", "object_size"),
         ("tcptw_slab_memory_bytes", "Memory held by the cache's slabs", "memory_bytes"),
     ]
-    note = "; merged=\"true\": SLUB merged the cache, figures are the shared cache's" + LAST_POLL
+    note = '; merged="true": SLUB merged the cache, figures are the shared cache\'s' + LAST_POLL
     for name, text, attribute in spec:
         family = GaugeMetricFamily(name, text + note, labels=labels)
         for result in results:

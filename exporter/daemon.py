@@ -5,6 +5,7 @@ endpoints, and a blocking dump would stall scrapes)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import signal
 import threading
@@ -89,10 +90,8 @@ async def serve(config: Config) -> None:
     log.info("shutting down")
     poll_task.cancel()
     server.close()
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(server.wait_closed(), 1.0)
-    except TimeoutError:
-        pass
 
 
 def run(config: Config) -> None:

@@ -6,20 +6,16 @@ a namespace, open its netlink socket and /proc/thread-self/net files there, and 
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-CLONE_NEWNET = 0x40000000
+from pyroute2 import netns as pyroute2_netns
+
 # Since Linux 6.x the initial namespaces have fixed inode numbers (include/linux/proc_ns.h,
 # PROC_NET_INIT_INO); older kernels are recognised through /proc/1/ns/net.
 PROC_NET_INIT_INO = 0xEFFFFFF9
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-
 
 def namespace_inode(path: str) -> int | None:
     try:
@@ -51,9 +47,8 @@ def own_inode() -> int:
 
 
 def setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
+    # flags=0: never create a namespace; an fd argument is used as is (not closed).
+    pyroute2_netns.setns(fd, flags=0)
 
 
 @contextmanager

@@ -1,6 +1,8 @@
 """One poll: run every enabled source for each namespace and build one immutable Snapshot.
-A poll runs in a worker thread, never on the event loop. Sources fail alone: an exception becomes a failed SourceResult and a
-log line on each change of state (ok → failed, failed → ok, or a new error)."""
+
+A poll runs in a worker thread, never on the event loop. Sources fail alone: an exception
+becomes a failed SourceResult and a log line on each change of state (ok to failed,
+failed to ok, or a new error)."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ for a poll in progress."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 
 import structlog
@@ -18,7 +19,7 @@ READ_TIMEOUT = 10.0
 
 
 def parse_listen_address(address: str) -> tuple[str | None, int]:
-    """":9961" (every address), "127.0.0.1:9961" or "[::1]:9961"."""
+    """ ":9961" (every address), "127.0.0.1:9961" or "[::1]:9961"."""
     host, sep, port_text = address.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"listen address must be [host]:port, got {address!r}")
@@ -53,10 +54,8 @@ class MetricsServer:
             pass
         finally:
             writer.close()
-            try:
+            with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
-            except ConnectionError:
-                pass
 
     async def respond(self, head: bytes, writer: asyncio.StreamWriter) -> None:
         request_line, *header_lines = head.decode("latin-1").split("\r\n")

@@ -186,6 +186,8 @@ def decode_batch(buf: memoryview, length: int, seq: int, pid: int) -> tuple[Batc
                 raise DiagProtocolError("messages after NLMSG_DONE")
             done = True
         elif kind == NLMSG_ERROR:
+            if NLMSG_HDR.unpack_from(buf, off)[0] < NLMSG_HDR.size + 4:
+                raise DiagProtocolError("NLMSG_ERROR too short to hold an error code")
             err = ERRNO.unpack_from(buf, off + NLMSG_HDR.size)[0]
             raise DiagProtocolError(f"kernel returned NLMSG_ERROR {-err}: {_strerror(-err)}", -err)
         else:

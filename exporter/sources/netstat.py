@@ -49,17 +49,22 @@ def read_netstat(netns: NetnsView) -> dict[str, int]:
     return parse_netstat(read_text(netns.proc_net / "netstat"))
 
 
-_ACRONYM_TAIL = re.compile(r"([A-Z]+)([A-Z][a-z])")
-_WORD_START = re.compile(r"([a-z0-9])([A-Z])")
+# One word of a kernel counter name: a plural acronym (ACKs), an acronym before a
+# capitalised word (PAWS in PAWSOldAck), a capitalised word, or what is left.
+_WORD = re.compile(
+    r"[A-Z]{2,}s(?=[A-Z]|$)|[A-Z]+[0-9]*(?=[A-Z][a-z]|$)|[A-Z][a-z]+[0-9]*|[A-Z]+[0-9]*"
+    r"|[a-z]+[0-9]*|[0-9]+"
+)
 
 
 def snake_case(name: str) -> str:
-    """Kernel counter name to metric snake_case: TCPACKSkippedTimeWait → tcp_ack_skipped_time_wait.
+    """Kernel counter name to snake_case: TCPACKSkippedTimeWait → tcp_ack_skipped_time_wait.
 
-    A leading "TCP" is split off first because the kernel glues it to the next acronym.
+    A leading "TCP" is split off first: the kernel glues it to the next acronym.
     """
+    words = []
     if name.startswith("TCP") and len(name) > 3 and name[3].isupper():
-        name = "TCP_" + name[3:]
-    name = _ACRONYM_TAIL.sub(r"\1_\2", name)
-    name = _WORD_START.sub(r"\1_\2", name)
-    return name.lower()
+        words.append("tcp")
+        name = name[3:]
+    words += (word.lower() for word in _WORD.findall(name))
+    return "_".join(words)

@@ -114,7 +114,9 @@ class DiagSocket:
         if end - start < NLMSG_HDR.size + 4:
             return False
         length, kind, _, tail_seq, tail_pid = _TAIL.unpack_from(self.buffer, end - 20)
-        return kind == NLMSG_DONE and length == 20 and tail_seq == seq and tail_pid == self.pid
+        return bool(
+            kind == NLMSG_DONE and length == 20 and tail_seq == seq and tail_pid == self.pid
+        )
 
 
 def dump_all(

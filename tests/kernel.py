@@ -1,0 +1,238 @@
+"""Real network namespaces and real sockets for kernel tests (root and `ip netns` needed).
+
+Everything here talks to loopback inside namespaces the tests create, with bounded loops.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from exporter.netns import entered
+
+_names = itertools.count()
+
+SS_STATES = {
+    "ESTAB": "established",
+    "SYN-SENT": "syn_sent",
+    "SYN-RECV": "syn_recv",
+    "FIN-WAIT-1": "fin_wait1",
+    "FIN-WAIT-2": "fin_wait2",
+    "TIME-WAIT": "time_wait",
+    "UNCONN": "close",
+    "CLOSE-WAIT": "close_wait",
+    "LAST-ACK": "last_ack",
+    "LISTEN": "listen",
+    "CLOSING": "closing",
+}
+
+
+def kernel_tests_unavailable() -> str | None:
+    """Why kernel tests cannot run here, or None when they can."""
+    if os.geteuid() != 0:
+        return "kernel tests need root (they create network namespaces)"
+    if shutil.which("ip") is None or shutil.which("ss") is None:
+        return "kernel tests need iproute2 (ip, ss)"
+    probe = f"tw-probe-{os.getpid()}"
+    added = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if added.returncode != 0:
+        return f"ip netns add failed: {added.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+@dataclass
+class Netns:
+    """A named namespace under /run/netns with lo up; sockets opened inside stay inside."""
+
+    name: str
+    held: list[socket.socket] = field(default_factory=list)
+
+    @property
+    def path(self) -> str:
+        return f"/run/netns/{self.name}"
+
+    @contextmanager
+    def inside(self) -> Iterator[None]:
+        with entered(self.path):
+            yield
+
+    def sysctl(self, name: str, value: str) -> None:
+        with self.inside(), open(f"/proc/sys/{name.replace('.', '/')}", "w") as handle:
+            handle.write(value)
+
+    def read(self, relative: str) -> str:
+        """A /proc file as seen from inside the namespace (e.g. "net/netstat")."""
+        with self.inside(), open(f"/proc/thread-self/{relative}") as handle:
+            return handle.read()
+
+    def run(
+        self, *argv: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ip", "netns", "exec", self.name, *argv],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
+        )
+
+    def exporter(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run(sys.executable, "-m", "exporter", *args, check=check)
+
+    def ss_states(self, *flags: str) -> Counter[tuple[str, str]]:
+        """(family, state) → count from `ss -tan` (-4 and -6 separately)."""
+        counts: Counter[tuple[str, str]] = Counter()
+        for family, flag in (("ipv4", "-4"), ("ipv6", "-6")):
+            out = self.run("ss", "-tanH", flag, *flags).stdout
+            for line in out.splitlines():
+                counts[(family, SS_STATES[line.split()[0]])] += 1
+        return counts
+
+    def new_socket(self, family: int = socket.AF_INET) -> socket.socket:
+        with self.inside():
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        self.held.append(sock)
+        return sock
+
+    def listen(
+        self,
+        addr: str,
+        port: int,
+        backlog: int = 512,
+        family: int = socket.AF_INET,
+        v6only: bool | None = None,
+    ) -> socket.socket:
+        sock = self.new_socket(family)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if v6only is not None:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+        sock.bind((addr, port))
+        sock.listen(backlog)
+        return sock
+
+    def close_all(self) -> None:
+        for sock in self.held:
+            sock.close()
+        self.held.clear()
+
+
+@contextmanager
+def new_netns(prefix: str = "twt") -> Iterator[Netns]:
+    name = f"{prefix}-{os.getpid()}-{next(_names)}"
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    netns = Netns(name)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        # Keep loopback TIME-WAIT sockets alive for the whole test: RFC 1337 stops RSTs
+        # from killing them, and no reuse lets connect() take them over.
+        netns.sysctl("net.ipv4.tcp_rfc1337", "1")
+        netns.sysctl("net.ipv4.tcp_tw_reuse", "0")
+        yield netns
+    finally:
+        netns.close_all()
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def connect(
+    netns: Netns,
+    local: str,
+    remote: tuple[str, int],
+    family: int = socket.AF_INET,
+    local_port: int = 0,
+) -> socket.socket:
+    sock = netns.new_socket(family)
+    if local or local_port:
+        sock.bind((local, local_port))
+    sock.connect(remote)
+    return sock
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+def time_wait_pairs(
+    netns: Netns, listener: socket.socket, count: int, local: str = "", family: int = socket.AF_INET
+) -> None:
+    """`count` connections to `listener` that the client closes first: each client socket
+    ends in TIME-WAIT, each accepted one closes after it (LAST-ACK, then gone)."""
+    remote = listener.getsockname()[:2]
+    for _ in range(count):
+        client = connect(netns, local, remote, family)
+        server, _ = listener.accept()
+        client.close()
+        _read_eof(server)
+        server.close()
+        netns.held.remove(client)
+
+
+def server_closes_first(
+    netns: Netns, listener: socket.socket, count: int, local: str = "", family: int = socket.AF_INET
+) -> None:
+    """`count` connections that the server side closes first: TIME-WAIT on the accepted
+    (inbound) socket."""
+    remote = listener.getsockname()[:2]
+    for _ in range(count):
+        client = connect(netns, local, remote, family)
+        server, _ = listener.accept()
+        server.close()
+        _read_eof(client)
+        client.close()
+        netns.held.remove(client)
+
+
+def _read_eof(sock: socket.socket) -> None:
+    ready, _, _ = select.select([sock], [], [], 5.0)
+    if not ready:
+        raise AssertionError("peer did not close within 5 s")
+    sock.recv(16)
+
+
+def syn_sent(netns: Netns, remote: tuple[str, int]) -> socket.socket:
+    """A non-blocking connect whose SYN is dropped: stays in SYN-SENT."""
+    sock = netns.new_socket()
+    sock.setblocking(False)
+    err = sock.connect_ex(remote)
+    if err not in (errno.EINPROGRESS, 0):
+        raise OSError(err, os.strerror(err))
+    return sock
+
+
+def populate_all_states(netns: Netns) -> None:
+    """LISTEN, ESTABLISHED, TIME-WAIT (both sides), CLOSE-WAIT, FIN-WAIT-2, SYN-SENT over
+    IPv4, IPv6 and IPv4-mapped IPv6, all on loopback inside `netns`."""
+    listener = netns.listen("127.0.0.1", 8080)
+    time_wait_pairs(netns, listener, 5)  # 5 outbound TIME-WAIT
+    server_closes_first(netns, listener, 3)  # 3 inbound TIME-WAIT on 127.0.0.1:8080
+    connect(netns, "", ("127.0.0.1", 8080))  # ESTABLISHED pair
+    netns.held.append(listener.accept()[0])
+    half = connect(netns, "", ("127.0.0.1", 8080))  # FIN-WAIT-2 / CLOSE-WAIT
+    netns.held.append(listener.accept()[0])
+    half.close()
+    netns.held.remove(half)
+    full = netns.listen("127.0.0.3", 9000, backlog=0)  # accept queue holds one
+    connect(netns, "", ("127.0.0.3", 9000))
+    syn_sent(netns, ("127.0.0.3", 9000))  # its SYN is dropped: queue full
+    del full
+    v6 = netns.listen("::1", 8443, family=socket.AF_INET6)
+    time_wait_pairs(netns, v6, 2, family=socket.AF_INET6)
+    mapped = netns.listen("::", 8081, family=socket.AF_INET6, v6only=False)
+    connect(netns, "", ("127.0.0.1", 8081))
+    netns.held.append(mapped.accept()[0])

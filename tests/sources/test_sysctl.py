@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from exporter.sources import NetnsView, SourceError
+from exporter.sources.sysctl import parse_port_list, read_sysctls
+from tests.conftest import FIXTURES, TREES
+from tests.kernel import Netns
+
+
+def view(root: Path) -> NetnsView:
+    return NetnsView("x", root / "proc/net", root / "proc/sys/net")
+
+
+def test_recorded_tree() -> None:
+    data = read_sysctls(view(TREES / "linux-6.18"))
+    assert data.port_range == (40000, 40999)
+    assert data.reserved_ports == ((40100, 40109), (40500, 40500))
+    assert data.reserved_count() == 11
+    assert data.values == {
+        "tcp_tw_reuse": 0,
+        "tcp_tw_reuse_delay": 1.0,
+        "tcp_max_tw_buckets": 5000,
+        "tcp_timestamps": 1,
+        "tcp_fin_timeout": 60,
+        "tcp_ehash_entries": -262144,
+    }
+
+
+def test_old_kernel_tree_has_recycle_and_lacks_newer_sysctls() -> None:
+    data = read_sysctls(view(TREES / "linux-4.9"))
+    assert data.values == {
+        "tcp_tw_reuse": 1,
+        "tcp_tw_recycle": 0,
+        "tcp_max_tw_buckets": 262144,
+        "tcp_timestamps": 1,
+        "tcp_fin_timeout": 60,
+    }
+    assert data.port_range == (32768, 61000)
+    assert data.reserved_count() == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "ranges"),
+    [
+        ("", ()),
+        ("\n", ()),
+        ("8080\n", ((8080, 8080),)),
+        ("9000-9010,8080", ((8080, 8080), (9000, 9010))),
+        ("1-5,3-8,9", ((1, 9),)),
+    ],
+)
+def test_port_list(text: str, ranges: tuple[tuple[int, int], ...]) -> None:
+    assert parse_port_list(text) == ranges
+
+
+@pytest.mark.parametrize(
+    "name", ["ip_local_port_range", "ip_local_reserved_ports", "tcp_max_tw_buckets"]
+)
+def test_corrupt_value_is_a_source_error(tree: Path, name: str) -> None:
+    target = tree / "proc/sys/net/ipv4" / name
+    shutil.copyfile(FIXTURES / "corrupt" / f"{name}-garbage", target)
+    with pytest.raises(SourceError, match=name):
+        read_sysctls(view(tree))
+
+
+def test_namespace_values_set_by_the_test(netns: Netns) -> None:
+    netns.sysctl("net.ipv4.ip_local_port_range", "40000 40999")
+    netns.sysctl("net.ipv4.tcp_max_tw_buckets", "5000")
+    netns.sysctl("net.ipv4.ip_local_reserved_ports", "40010-40019,40500")
+    netns.sysctl("net.ipv4.tcp_fin_timeout", "17")
+    with netns.inside():
+        data = read_sysctls(NetnsView(netns.name, Path("/proc/net"), Path("/proc/sys/net")))
+    assert data.port_range == (40000, 40999)
+    assert data.values["tcp_max_tw_buckets"] == 5000
+    assert data.values["tcp_fin_timeout"] == 17
+    assert data.values["tcp_tw_reuse"] == 0
+    assert data.reserved_count() == 11
+    host = read_sysctls(NetnsView("host", Path("/proc/net"), Path("/proc/sys/net")))
+    assert host.port_range != (40000, 40999)  # per-namespace, not the host's

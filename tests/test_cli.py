@@ -1,0 +1,148 @@
+"""`timewait-exporter dump` end to end: in real namespaces against ss, /proc and /sys, and
+on recorded trees through --path.procfs / --path.sysfs."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from exporter.sources.netstat import DEFAULT_FIELDS, parse_netstat, snake_case
+from tests.conftest import FIXTURES
+from tests.exposition import samples, series, value
+from tests.kernel import Netns, populate_all_states, time_wait_pairs
+
+EXPORTER = [sys.executable, "-m", "exporter"]
+
+
+def dump_tree(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            *EXPORTER,
+            "dump",
+            "--path.procfs",
+            str(root / "proc"),
+            "--path.sysfs",
+            str(root / "sys"),
+            "--no-collector.sockdiag",
+            "--netns.name",
+            "fixture",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_dump_in_namespace_equals_kernel(netns: Netns) -> None:
+    netns.sysctl("net.ipv4.ip_local_port_range", "40000 40999")
+    netns.sysctl("net.ipv4.tcp_max_tw_buckets", "5000")
+    netns.sysctl("net.ipv4.ip_local_reserved_ports", "40100-40109")
+    populate_all_states(netns)
+    for _ in range(5):
+        ss_before = netns.ss_states()
+        netstat_before = netns.read("net/netstat")
+        result = netns.exporter("dump")
+        if ss_before == netns.ss_states() and netstat_before == netns.read("net/netstat"):
+            break
+    parsed = samples(result.stdout)
+    label = {"netns": netns.name}
+    sockets = {
+        (dict(k)["family"], dict(k)["state"]): v for k, v in series(parsed, "tcptw_sockets").items()
+    }
+    assert {k: v for k, v in sockets.items() if v} == dict(ss_before)
+    expected_tcpext = {
+        name: v
+        for name, v in parse_netstat(netstat_before).items()
+        if re.search(DEFAULT_FIELDS, name)
+    }
+    assert expected_tcpext  # the default regex matched something
+    for name, v in expected_tcpext.items():
+        assert value(parsed, f"tcptw_tcpext_{snake_case(name)}_total", **label) == v, name
+    assert value(parsed, "tcptw_sysctl_ip_local_port_range_min", **label) == 40000
+    assert value(parsed, "tcptw_sysctl_ip_local_port_range_max", **label) == 40999
+    assert value(parsed, "tcptw_sysctl_tcp_max_tw_buckets", **label) == 5000
+    assert value(parsed, "tcptw_sysctl_ip_local_reserved_ports", **label) == 10
+    assert value(parsed, "tcptw_sysctl_tcp_tw_reuse", **label) == 0
+    sockstat = netns.read("net/sockstat").split("TCP:")[1].split()
+    assert value(parsed, "tcptw_sockstat_tcp_tw", **label) == int(
+        sockstat[sockstat.index("tw") + 1]
+    )
+    for source in ("sockdiag", "netstat", "sockstat", "sysctl"):
+        assert value(parsed, "tcptw_source_success", netns=netns.name, source=source) == 1
+    assert value(parsed, "tcptw_source_success", netns="", source="slab") == 1
+    slab = series(parsed, "tcptw_slab_memory_bytes")
+    merged = {dict(k)["cache"]: dict(k)["merged"] for k in slab}
+    for cache, flag in merged.items():
+        assert flag == ("true" if Path(f"/sys/kernel/slab/{cache}").is_symlink() else "false")
+
+
+def test_time_wait_overflow_is_counted(netns: Netns) -> None:
+    netns.sysctl("net.ipv4.tcp_max_tw_buckets", "50")
+
+    def overflow() -> int:
+        return parse_netstat(netns.read("net/netstat"))["TCPTimeWaitOverflow"]
+
+    start = overflow()
+    before = samples(netns.exporter("dump").stdout)
+    listener = netns.listen("127.0.0.1", 8080)
+    time_wait_pairs(netns, listener, 200)
+    after = samples(netns.exporter("dump").stdout)
+    label = {"netns": netns.name}
+    metric = "tcptw_tcpext_tcp_time_wait_overflow_total"
+    assert value(before, metric, **label) == start
+    assert value(after, metric, **label) - start >= 150
+    assert value(after, metric, **label) == overflow()
+    assert value(after, "tcptw_sockets", family="ipv4", state="time_wait", **label) == 50
+
+
+def test_console_script_runs_in_namespace(netns: Netns) -> None:
+    script = shutil.which("timewait-exporter")
+    if script is None:
+        pytest.fail("the timewait-exporter console script is not installed (pip install -e .)")
+    result = netns.run(script, "dump")
+    assert f'tcptw_source_success{{netns="{netns.name}",source="sockdiag"}} 1.0' in result.stdout
+
+
+def test_corrupt_netstat_fails_alone(tree: Path) -> None:
+    shutil.copyfile(FIXTURES / "corrupt/netstat-count-mismatch", tree / "proc/net/netstat")
+    result = dump_tree(tree)
+    assert result.returncode == 0
+    parsed = samples(result.stdout)
+    assert value(parsed, "tcptw_source_success", netns="fixture", source="netstat") == 0
+    for source in ("sockstat", "sysctl"):
+        assert value(parsed, "tcptw_source_success", netns="fixture", source=source) == 1
+    assert value(parsed, "tcptw_source_success", netns="", source="slab") == 1
+    assert not series(parsed, "tcptw_tcpext_tw_total")  # absent, never a silent 0
+    assert value(parsed, "tcptw_sockstat_tcp_tw", netns="fixture") == 11
+    assert '"source": "netstat"' in result.stderr and "names but" in result.stderr
+
+
+def test_exit_code_is_1_only_when_nothing_could_be_read(tmp_path: Path) -> None:
+    result = dump_tree(tmp_path)
+    assert result.returncode == 1
+    assert "tcptw_build_info" in result.stdout
+
+
+def test_collectors_can_be_switched_off(tree: Path) -> None:
+    parsed = samples(dump_tree(tree, "--no-collector.slab", "--no-collector.netstat").stdout)
+    sources = {dict(k)["source"] for k in series(parsed, "tcptw_source_success")}
+    assert sources == {"sockstat", "sysctl"}
+    assert not series(parsed, "tcptw_slab_objects")
+
+
+def test_netstat_field_regex(tree: Path) -> None:
+    parsed = samples(dump_tree(tree, "--collector.netstat.fields", "^(TW|DelayedACKs)$").stdout)
+    names = {name for name, _ in parsed if name.startswith("tcptw_tcpext_")}
+    assert names == {"tcptw_tcpext_tw_total", "tcptw_tcpext_delayed_acks_total"}
+
+
+def test_bad_flags_are_rejected() -> None:
+    for args in (["--collector.netstat.fields", "("], ["--poll.interval", "0"]):
+        result = subprocess.run([*EXPORTER, "dump", *args], capture_output=True, text=True)
+        assert result.returncode == 2, args

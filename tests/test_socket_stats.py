@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import socket
+
+from exporter.socket_stats import SocketTally, collect_socket_stats
+from exporter.sources.inet_diag import TCP_STATES
+from tests.kernel import Netns, populate_all_states, time_wait_pairs
+
+
+def test_state_counts_equal_ss(netns: Netns) -> None:
+    populate_all_states(netns)
+    for _ in range(5):
+        before = netns.ss_states()
+        with netns.inside():
+            stats = collect_socket_stats()
+        if before == netns.ss_states():
+            break
+    ours = {key: count for key, count in stats.states.items() if count}
+    assert ours == dict(before)
+    assert ours[("ipv4", "time_wait")] == 8
+    assert ours[("ipv6", "time_wait")] == 2
+    assert ours[("ipv6", "established")] == 1  # the v4-mapped accepted socket
+    assert len(stats.states) == 2 * len(TCP_STATES)  # every state of both families
+
+
+def test_many_time_wait_sockets_across_batches(netns: Netns) -> None:
+    """More records than one receive buffer holds, so several batches are decoded."""
+    netns.sysctl("net.ipv4.ip_local_port_range", "20000 60999")
+    listener = netns.listen("127.0.0.1", 8080, backlog=4096)
+    time_wait_pairs(netns, listener, 12000)
+    with netns.inside():
+        stats = collect_socket_stats()
+    assert stats.states[("ipv4", "time_wait")] == 12000 == netns.ss_states()[("ipv4", "time_wait")]
+    assert stats.states[("ipv4", "listen")] == 1
+
+
+def test_empty_tally_reports_zero_for_every_state() -> None:
+    stats = SocketTally().result({socket.AF_INET6: "disabled"})
+    assert stats.missing_families == ("ipv6",)
+    assert set(stats.states) == {("ipv4", s) for s in TCP_STATES.values()}
+    assert set(stats.states.values()) == {0}
