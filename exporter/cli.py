@@ -13,6 +13,7 @@ from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__, log
+from exporter.buckets import BucketOptions
 from exporter.collector import SnapshotCollector
 from exporter.config import SOURCES, Config
 from exporter.poller import Poller
@@ -95,6 +96,42 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_FIELDS,
         help="regex of TcpExt counters to export (default: %(default)s)",
     )
+    buckets = parser.add_argument_group("buckets")
+    buckets.add_argument(
+        "--buckets.top",
+        dest="buckets_top",
+        type=int,
+        default=20,
+        help="largest buckets kept per metric and namespace; the rest are "
+        "summed into one 'other' series (default 20)",
+    )
+    buckets.add_argument(
+        "--buckets.min-sockets",
+        dest="buckets_min_sockets",
+        type=int,
+        default=1,
+        help="smaller buckets are folded into 'other' (default 1)",
+    )
+    buckets.add_argument(
+        "--buckets.ipv4-prefix",
+        dest="ipv4_prefix",
+        type=int,
+        default=32,
+        help="group remote IPv4 addresses by this prefix length (default 32)",
+    )
+    buckets.add_argument(
+        "--buckets.ipv6-prefix",
+        dest="ipv6_prefix",
+        type=int,
+        default=128,
+        help="group remote IPv6 addresses by this prefix length (default 128)",
+    )
+    buckets.add_argument(
+        "--buckets.inbound-ports",
+        dest="inbound_ports",
+        default="",
+        help="comma-separated local ports to keep inbound buckets for (default: all)",
+    )
     logs = parser.add_argument_group("logging")
     logs.add_argument("--log.level", dest="log_level", default="info", choices=log.LEVELS)
     logs.add_argument(
@@ -105,6 +142,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: JSON unless stderr is a terminal",
     )
     return parser
+
+
+def bucket_options(args: argparse.Namespace) -> BucketOptions:
+    ports: frozenset[int] | None = None
+    if args.inbound_ports:
+        words = [w.strip() for w in args.inbound_ports.split(",")]
+        if not all(w.isdigit() and 0 < int(w) < 65536 for w in words):
+            raise ValueError("--buckets.inbound-ports takes comma-separated ports 1-65535")
+        ports = frozenset(int(w) for w in words)
+    if args.buckets_top < 0 or args.buckets_min_sockets < 1:
+        raise ValueError("--buckets.top must be >= 0 and --buckets.min-sockets >= 1")
+    if not 0 <= args.ipv4_prefix <= 32 or not 0 <= args.ipv6_prefix <= 128:
+        raise ValueError("--buckets.ipv4-prefix is 0-32 and --buckets.ipv6-prefix 0-128")
+    return BucketOptions(
+        top=args.buckets_top,
+        min_sockets=args.buckets_min_sockets,
+        ipv4_prefix=args.ipv4_prefix,
+        ipv6_prefix=args.ipv6_prefix,
+        inbound_ports=ports,
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -120,6 +177,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         telemetry_path=args.telemetry_path,
         log_level=args.log_level,
         log_format=args.log_format,
+        buckets=bucket_options(args),
     )
 
 
@@ -142,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args)
     except re.error as exc:
         parser.error(f"--collector.netstat.fields is not a valid regex: {exc}")
+    except ValueError as exc:
+        parser.error(str(exc))
     if config.poll_interval <= 0:
         parser.error("--poll.interval must be positive")
     log.configure(config.log_level, config.log_format)

@@ -89,6 +89,7 @@ def render(snapshot: Snapshot) -> Iterator[Metric]:
         if result.ok:
             by_source.setdefault(result.source, []).append(result)
     yield from _sockets(by_source.get("sockdiag", []))
+    yield from _ports(by_source.get("sockdiag", []))
     yield from _tcpext(by_source.get("netstat", []))
     yield from _sockstat(by_source.get("sockstat", []))
     yield from _sysctls(by_source.get("sysctl", []))
@@ -141,6 +142,86 @@ def _sockets(results: list[SourceResult]) -> Iterator[Metric]:
         for (fam, state), count in stats.states.items():
             family.add_metric([result.netns, fam, state], count)
     yield family
+
+
+OUTBOUND_LABELS = ["netns", "local_addr", "remote_addr", "remote_port"]
+INBOUND_LABELS = ["netns", "local_addr", "local_port", "remote_addr"]
+FOLDED = " Buckets beyond --buckets.top are summed into one series labelled other."
+
+
+def _ports(results: list[SourceResult]) -> Iterator[Metric]:
+    usages = [(r.netns, r.data.ports) for r in results if r.data.ports is not None]
+    if not usages:
+        return
+    used = GaugeMetricFamily(
+        "tcptw_outbound_ports_used",
+        "Sockets of an outbound bucket (local addr, remote addr, remote port), any state: "
+        "each holds one local ephemeral port" + FOLDED + LAST_POLL,
+        labels=OUTBOUND_LABELS,
+    )
+    capacity = GaugeMetricFamily(
+        "tcptw_outbound_ports_capacity",
+        "Local ports connect() may use for an outbound bucket: ip_local_port_range minus "
+        "reserved ports minus ports held by listeners" + FOLDED + LAST_POLL,
+        labels=OUTBOUND_LABELS,
+    )
+    out_tw = GaugeMetricFamily(
+        "tcptw_outbound_timewait_sockets",
+        "TIME-WAIT sockets of an outbound bucket" + FOLDED + LAST_POLL,
+        labels=OUTBOUND_LABELS,
+    )
+    inbound = GaugeMetricFamily(
+        "tcptw_inbound_sockets",
+        "Sockets of an inbound bucket (local addr, local port, remote addr), any state"
+        + FOLDED
+        + LAST_POLL,
+        labels=INBOUND_LABELS,
+    )
+    in_tw = GaugeMetricFamily(
+        "tcptw_inbound_timewait_sockets",
+        "TIME-WAIT sockets of an inbound bucket" + FOLDED + LAST_POLL,
+        labels=INBOUND_LABELS,
+    )
+    max_ratio = GaugeMetricFamily(
+        "tcptw_outbound_port_utilization_max_ratio",
+        "Highest used/capacity of any outbound bucket, before folding; TIME-WAIT sockets "
+        "that tcp_tw_reuse lets connect() take over are not counted as used" + LAST_POLL,
+        labels=["netns"],
+    )
+    in_use = GaugeMetricFamily(
+        "tcptw_ephemeral_ports_in_use",
+        "Distinct local ports inside ip_local_port_range used by any socket" + LAST_POLL,
+        labels=["netns"],
+    )
+    available = GaugeMetricFamily(
+        "tcptw_ephemeral_ports_available",
+        "Ports in ip_local_port_range minus ip_local_reserved_ports" + LAST_POLL,
+        labels=["netns"],
+    )
+    folded = GaugeMetricFamily(
+        "tcptw_buckets_folded",
+        "Buckets summed into the other series of a metric (beyond --buckets.top or under "
+        "--buckets.min-sockets)" + LAST_POLL,
+        labels=["netns", "metric"],
+    )
+    for netns, usage in usages:
+        for row in usage.outbound:
+            labels = [netns, row.local_addr, row.remote_addr, row.remote_port]
+            used.add_metric(labels, row.sockets)
+            capacity.add_metric(labels, row.capacity)
+            out_tw.add_metric(labels, row.timewait)
+        for irow in usage.inbound:
+            labels = [netns, irow.local_addr, irow.local_port, irow.remote_addr]
+            inbound.add_metric(labels, irow.sockets)
+            in_tw.add_metric(labels, irow.timewait)
+        max_ratio.add_metric([netns], usage.max_ratio)
+        in_use.add_metric([netns], usage.ephemeral_in_use)
+        available.add_metric([netns], usage.ephemeral_available)
+        for family in (used, capacity, out_tw):
+            folded.add_metric([netns, family.name], usage.outbound_folded)
+        for family in (inbound, in_tw):
+            folded.add_metric([netns, family.name], usage.inbound_folded)
+    yield from (used, capacity, out_tw, inbound, in_tw, max_ratio, in_use, available, folded)
 
 
 def _tcpext(results: list[SourceResult]) -> Iterator[Metric]:

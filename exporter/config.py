@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from exporter.buckets import BucketOptions
+
 SOURCES = ("sockdiag", "netstat", "sockstat", "sysctl", "slab")
 
 
@@ -22,3 +24,4 @@ class Config:
     telemetry_path: str = "/metrics"
     log_level: str = "info"
     log_format: str = "auto"
+    buckets: BucketOptions = field(default_factory=BucketOptions)

@@ -17,6 +17,7 @@ from pyroute2 import netns as pyroute2_netns
 # PROC_NET_INIT_INO); older kernels are recognised through /proc/1/ns/net.
 PROC_NET_INIT_INO = 0xEFFFFFF9
 
+
 def namespace_inode(path: str) -> int | None:
     try:
         return os.stat(path).st_ino

@@ -12,15 +12,16 @@ from typing import Any
 
 import structlog
 
+from exporter.capacity import PortPolicy
 from exporter.config import Config
 from exporter.netns import label_for_inode, own_inode
 from exporter.snapshot import Snapshot, SourceResult
 from exporter.socket_stats import collect_socket_stats
-from exporter.sources import PAGE_SIZE, NetnsView
+from exporter.sources import PAGE_SIZE, NetnsView, SourceError
 from exporter.sources.netstat import read_netstat, select_fields
 from exporter.sources.slab import read_slab
 from exporter.sources.sockstat import read_sockstat
-from exporter.sources.sysctl import read_sysctls
+from exporter.sources.sysctl import Sysctls, read_sysctls
 
 log = structlog.get_logger("timewait_exporter.poller")
 
@@ -37,29 +38,45 @@ class Poller:
             label=label, proc_net=cfg.procfs / "net", proc_sys_net=cfg.procfs / "sys" / "net"
         )
 
-    def namespace_sources(self, netns: NetnsView) -> dict[str, Callable[[], Any]]:
+    def poll_namespace(self, netns: NetnsView) -> list[SourceResult]:
+        """The sysctls are read first: the sock_diag pass needs the port range and
+        tcp_tw_reuse of the same namespace to sort sockets into buckets."""
         cfg = self.config
+        results: list[SourceResult] = []
+        sysctls: Sysctls | None = None
+        if "sysctl" in cfg.collectors:
+            result = self._run(netns.label, "sysctl", lambda: read_sysctls(netns))
+            results.append(result)
+            sysctls = result.data
+        elif "sockdiag" in cfg.collectors:
+            try:
+                sysctls = read_sysctls(netns)
+            except SourceError:
+                sysctls = None
+        policy = port_policy(sysctls)
         sources: dict[str, Callable[[], Any]] = {
-            "sockdiag": collect_socket_stats,
+            "sockdiag": lambda: collect_socket_stats(policy, cfg.buckets),
             "netstat": lambda: select_fields(read_netstat(netns), cfg.netstat_fields),
             "sockstat": lambda: read_sockstat(netns),
-            "sysctl": lambda: read_sysctls(netns),
         }
-        return {name: fn for name, fn in sources.items() if name in cfg.collectors}
+        for name, fn in sources.items():
+            if name in cfg.collectors:
+                results.append(self._run(netns.label, name, fn))
+        return results
 
     def poll_once(self) -> Snapshot:
         started_at = time.time()
         start = time.perf_counter()
-        netns = self.own_namespace()
-        jobs: list[tuple[str, str, Callable[[], Any]]] = [
-            (netns.label, name, fn) for name, fn in self.namespace_sources(netns).items()
-        ]
+        results = self.poll_namespace(self.own_namespace())
         if "slab" in self.config.collectors:
             cfg = self.config
-            jobs.append(("", "slab", lambda: tuple(read_slab(cfg.procfs, cfg.sysfs, PAGE_SIZE))))
-        results = tuple(self._run(ns, name, fn) for ns, name, fn in jobs)
+            results.append(
+                self._run("", "slab", lambda: tuple(read_slab(cfg.procfs, cfg.sysfs, PAGE_SIZE)))
+            )
         return Snapshot(
-            results=results, started_at=started_at, duration_seconds=time.perf_counter() - start
+            results=tuple(results),
+            started_at=started_at,
+            duration_seconds=time.perf_counter() - start,
         )
 
     def _run(self, netns: str, source: str, fn: Callable[[], Any]) -> SourceResult:
@@ -83,3 +100,15 @@ class Poller:
             log.error("source failed", netns=netns, source=source, error=error)
         elif previous:
             log.info("source recovered", netns=netns, source=source)
+
+
+def port_policy(sysctls: Sysctls | None) -> PortPolicy | None:
+    """What connect() obeys in this namespace; None without ip_local_port_range."""
+    if sysctls is None or sysctls.port_range is None:
+        return None
+    return PortPolicy(
+        port_range=sysctls.port_range,
+        reserved=sysctls.reserved_ports or (),
+        tw_reuse=int(sysctls.values.get("tcp_tw_reuse", 0)),
+        timestamps=int(sysctls.values.get("tcp_timestamps", 1)),
+    )

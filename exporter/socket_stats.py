@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from exporter.buckets import BucketOptions, BucketTally
+from exporter.capacity import PortPolicy, PortUsage, summarize
 from exporter.sources.inet_diag import FAMILIES, TCP_STATES, Batch, DumpInterrupted
 from exporter.sources.sockdiag import dump_all
 
@@ -23,18 +25,28 @@ class SocketStats:
     states: dict[tuple[str, str], int]
     # Families the kernel refused to dump (IPv6 disabled): absent, not 0.
     missing_families: tuple[str, ...]
+    # Buckets and port capacity; None when the port range could not be read.
+    ports: PortUsage | None = None
 
 
 class SocketTally:
-    """The consumer fed by the dump: counts per (family, state)."""
+    """The consumer fed by the dump: counts per (family, state), and quadruplet buckets
+    when the namespace's port policy is known."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, policy: PortPolicy | None = None, options: BucketOptions | None = None
+    ) -> None:
         self._counts: npt.NDArray[np.int64] = np.zeros(32, dtype=np.int64)
+        self._policy = policy
+        self._options = options or BucketOptions()
+        self._buckets = BucketTally(policy.port_range, self._options) if policy else None
 
     def add(self, batch: Batch) -> None:
         family_index = (batch.family == socket.AF_INET6).astype(np.int64)
         index = family_index * 16 + batch.state
         self._counts += np.bincount(index, minlength=32)[:32]
+        if self._buckets is not None:
+            self._buckets.add(batch)
 
     def result(self, missing: dict[int, str]) -> SocketStats:
         states: dict[tuple[str, str], int] = {}
@@ -43,16 +55,23 @@ class SocketTally:
                 continue
             for state, name in TCP_STATES.items():
                 states[(FAMILIES[family], name)] = int(self._counts[index * 16 + state])
+        ports = None
+        if self._buckets is not None and self._policy is not None:
+            ports = summarize(self._buckets, self._policy, self._options)
         return SocketStats(
-            states=states, missing_families=tuple(FAMILIES[f] for f in sorted(missing))
+            states=states,
+            missing_families=tuple(FAMILIES[f] for f in sorted(missing)),
+            ports=ports,
         )
 
 
-def collect_socket_stats(retries: int = 1) -> SocketStats:
+def collect_socket_stats(
+    policy: PortPolicy | None = None, options: BucketOptions | None = None, retries: int = 1
+) -> SocketStats:
     """Dump this thread's namespace; a dump the kernel flags as interrupted
     (NLM_F_DUMP_INTR) is redone from scratch once, then reported as an error."""
     for attempt in range(retries + 1):
-        tally = SocketTally()
+        tally = SocketTally(policy, options)
         try:
             missing = dump_all(tally)
         except DumpInterrupted:
