@@ -1,0 +1,182 @@
+"""Port capacity against the kernel: connect() until EADDRNOTAVAIL and compare."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from exporter.capacity import PortPolicy, ephemeral_available, outbound_capacity, timewait_reusable
+from exporter.sources.netstat import parse_netstat
+from tests.exposition import samples, series, value
+from tests.kernel import Netns, connect
+
+IP_BIND_ADDRESS_NO_PORT = 24  # include/uapi/linux/in.h
+
+
+def client(netns: Netns, local: str, remote: tuple[str, int]) -> socket.socket:
+    """connect() from `local` with the port left to connect() (as an unbound socket would)."""
+    sock = netns.new_socket()
+    sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+    sock.bind((local, 0))
+    sock.connect(remote)
+    return sock
+
+
+def exhaust(netns: Netns, listener: socket.socket, close_every: int, limit: int = 400) -> int:
+    """Connect 127.0.0.1 → listener until EADDRNOTAVAIL; every `close_every`-th connection
+    is closed by the client first (TIME-WAIT), the others stay ESTABLISHED."""
+    remote = listener.getsockname()
+    for count in range(limit):
+        try:
+            sock = client(netns, "127.0.0.1", remote)
+        except OSError as exc:
+            assert exc.errno == errno.EADDRNOTAVAIL, exc
+            return count
+        accepted, _ = listener.accept()
+        if close_every and count % close_every == 0:
+            sock.close()
+            accepted.recv(1)
+            accepted.close()
+        else:
+            netns.held.append(accepted)
+    raise AssertionError(f"connect() never failed in {limit} attempts")
+
+
+def exhaustion_namespace(netns: Netns, tw_reuse: str) -> socket.socket:
+    netns.sysctl("net.ipv4.ip_local_port_range", "40000 40099")
+    netns.sysctl("net.ipv4.ip_local_reserved_ports", "40000-40009")
+    netns.sysctl("net.ipv4.tcp_tw_reuse", tw_reuse)
+    netns.listen("127.0.0.9", 40050)  # a bind()-owned port inside the range
+    return netns.listen("127.0.0.2", 8080)
+
+
+def bucket(remote_port: str) -> dict[str, str]:
+    return {"local_addr": "127.0.0.1", "remote_addr": "127.0.0.2", "remote_port": remote_port}
+
+
+def test_used_equals_capacity_when_connect_fails(netns: Netns) -> None:
+    listener = exhaustion_namespace(netns, "0")
+    connected = exhaust(netns, listener, close_every=3)
+    other = netns.listen("127.0.0.2", 8081)
+    for _ in range(5):  # ports are shared across destinations: these still succeed
+        client(netns, "127.0.0.1", other.getsockname())
+        netns.held.append(other.accept()[0])
+    parsed = samples(netns.exporter("dump").stdout)
+    ns = {"netns": netns.name}
+    assert connected == 89  # 100 ports - 10 reserved - 1 held by the listener
+    assert value(parsed, "tcptw_outbound_ports_capacity", **ns, **bucket("8080")) == connected
+    assert value(parsed, "tcptw_outbound_ports_used", **ns, **bucket("8080")) == connected
+    assert value(parsed, "tcptw_outbound_timewait_sockets", **ns, **bucket("8080")) == 30
+    assert value(parsed, "tcptw_outbound_port_utilization_max_ratio", **ns) == 1.0
+    assert value(parsed, "tcptw_outbound_ports_used", **ns, **bucket("8081")) == 5
+    assert value(parsed, "tcptw_outbound_ports_capacity", **ns, **bucket("8081")) == 89
+    assert value(parsed, "tcptw_ephemeral_ports_available", **ns) == 90
+    assert value(parsed, "tcptw_ephemeral_ports_in_use", **ns) == 90  # 89 + the listener's
+    states = netns.ss_states()
+    assert states[("ipv4", "time_wait")] == 30
+
+
+def test_tw_reuse_2_lets_loopback_connects_take_over_time_wait(netns: Netns) -> None:
+    listener = exhaustion_namespace(netns, "2")
+    remote = listener.getsockname()
+    for _ in range(89):  # fill the bucket with TIME-WAIT only
+        sock = client(netns, "127.0.0.1", remote)
+        accepted, _ = listener.accept()
+        sock.close()
+        accepted.recv(1)
+        accepted.close()
+    parsed = samples(netns.exporter("dump").stdout)
+    ns = {"netns": netns.name}
+    assert value(parsed, "tcptw_outbound_ports_used", **ns, **bucket("8080")) == 89
+    assert value(parsed, "tcptw_outbound_timewait_sockets", **ns, **bucket("8080")) == 89
+    # Reusable after tcp_tw_reuse_delay (1 s): none of them counts as used.
+    assert value(parsed, "tcptw_outbound_port_utilization_max_ratio", **ns) == 0.0
+    recycled = parse_netstat(netns.read("net/netstat"))["TWRecycled"]
+    time.sleep(1.2)
+    taken = client(netns, "127.0.0.1", remote)  # no EADDRNOTAVAIL: a TIME-WAIT is taken over
+    netns.held.append(listener.accept()[0])
+    assert taken.getsockname()[1] in range(40010, 40100)
+    assert parse_netstat(netns.read("net/netstat"))["TWRecycled"] == recycled + 1
+    parsed = samples(netns.exporter("dump").stdout)
+    assert value(parsed, "tcptw_outbound_ports_used", **ns, **bucket("8080")) == 89
+    assert (
+        value(parsed, "tcptw_outbound_port_utilization_max_ratio", **ns) == 1 / 89
+    )  # the one ESTABLISHED socket
+
+
+def test_top_k_folds_into_other_and_keeps_sums(netns: Netns) -> None:
+    netns.sysctl("net.ipv4.ip_local_port_range", "20000 60999")
+    listener = netns.listen("0.0.0.0", 8080, backlog=4096)
+    expected: dict[str, int] = {}
+    for i in range(300):
+        destination = f"127.0.{2 + i // 250}.{1 + i % 250}"
+        count = 1 + (i * 7) % 5 + (12 if i == 123 else 0)  # one clear maximum
+        for _ in range(count):
+            sock = connect(netns, "", (destination, 8080))
+            accepted, _ = listener.accept()
+            sock.close()
+            accepted.recv(1)
+            accepted.close()
+        expected[destination] = count
+    total = sum(expected.values())
+    capacity = 41000
+    for args, kept in (
+        (("--buckets.top", "20"), 20),
+        (("--buckets.top", "1", "--buckets.min-sockets", "1000"), 0),
+    ):
+        parsed = samples(netns.exporter("dump", *args).stdout)
+        ns = {"netns": netns.name}
+        for metric in ("tcptw_outbound_ports_used", "tcptw_outbound_timewait_sockets"):
+            rows = series(parsed, metric)
+            assert len(rows) == kept + 1
+            assert sum(rows.values()) == total
+            assert value(parsed, "tcptw_buckets_folded", metric=metric, **ns) == 300 - kept
+        other = {"local_addr": "other", "remote_addr": "other", "remote_port": "other"}
+        top = sorted(expected.values(), reverse=True)[:kept]
+        assert value(parsed, "tcptw_outbound_ports_used", **ns, **other) == total - sum(top)
+        assert value(parsed, "tcptw_outbound_ports_capacity", **ns, **other) == capacity * (
+            300 - kept
+        )
+        true_max = max(expected.values()) / capacity  # computed before folding
+        assert value(parsed, "tcptw_outbound_port_utilization_max_ratio", **ns) == true_max
+
+
+def policy(
+    low: int = 40000,
+    high: int = 40099,
+    reserved: tuple[tuple[int, int], ...] = (),
+    tw_reuse: int = 0,
+    timestamps: int = 1,
+) -> PortPolicy:
+    return PortPolicy((low, high), reserved, tw_reuse, timestamps)
+
+
+def test_capacity_arithmetic() -> None:
+    listen = np.zeros(65536, dtype=bool)
+    listen[[40050, 40005, 8080]] = True  # 40005 is also reserved: not subtracted twice
+    rule = policy(reserved=((39990, 40009), (40099, 40200)))
+    assert ephemeral_available(rule) == 100 - 10 - 1
+    assert outbound_capacity(rule, listen) == 100 - 10 - 1 - 1
+
+
+@pytest.mark.parametrize(
+    ("tw_reuse", "timestamps", "local", "remote", "reusable"),
+    [
+        (0, 1, 0x7F000001, 0x7F000002, False),
+        (1, 1, 0x0A000001, 0x0A000002, True),
+        (2, 1, 0x0A000001, 0x0A000002, False),
+        (2, 1, 0x0A000001, 0x7F000002, True),
+        (2, 1, 0x7F000001, 0x0A000002, True),
+        (1, 0, 0x0A000001, 0x0A000002, False),
+    ],
+)
+def test_timewait_reusable(
+    tw_reuse: int, timestamps: int, local: int, remote: int, reusable: bool
+) -> None:
+    rule = policy(tw_reuse=tw_reuse, timestamps=timestamps)
+    assert timewait_reusable(rule, (False, local, 8080, remote)) is reusable
+    assert timewait_reusable(policy(tw_reuse=2), (True, 1, 443, 5)) is True  # ::1
