@@ -11,7 +11,8 @@ is the ephemeral one; the rest is the bucket:
 
 IPv4-mapped IPv6 sockets (::ffff:a.b.c.d) count as IPv4: they share its port space.
 
-Per batch, IPv4 keys are packed into 63-bit integers (local address as an index into the
+Addresses arrive as the kernel's four 32-bit words. Per batch, IPv4 keys are packed into
+63-bit integers (local address as an index into the
 batch's few distinct local addresses) and counted with one np.unique; IPv6 keys are counted
 as 35-byte strings. Only distinct buckets reach Python.
 """
@@ -29,7 +30,7 @@ from exporter.sources.inet_diag import TCP_LISTEN, TCP_TIME_WAIT, Batch
 # Bucket key: (is_ipv6, local addr as int, port, remote addr as int); the port is the
 # remote one for outbound buckets, the local one for inbound buckets.
 BucketKey = tuple[bool, int, int, int]
-_MAPPED_PREFIX = np.array([0] * 10 + [0xFF, 0xFF], dtype=np.uint8)
+_MAPPED_WORD = np.frombuffer(b"\0\0\xff\xff", dtype="<u4")[0]  # ::ffff:0:0/96, word 2
 _U64 = np.uint64
 
 
@@ -70,9 +71,9 @@ class BucketTally:
         self.wildcard_ports: set[int] = set()
         self.listen_addr_ports: set[tuple[bool, int, int]] = set()
         self._v4_mask = _U64((0xFFFFFFFF << (32 - options.ipv4_prefix)) & 0xFFFFFFFF)
-        v6_bits = np.unpackbits(np.zeros(16, dtype=np.uint8))
+        v6_bits = np.zeros(128, dtype=np.uint8)
         v6_bits[: options.ipv6_prefix] = 1
-        self._v6_mask = np.packbits(v6_bits)
+        self._v6_mask = np.packbits(v6_bits).view("<u4")  # as the kernel's four words
         if options.inbound_ports is not None:
             self._inbound_port_ok: npt.NDArray[np.bool_] | None = np.zeros(65536, dtype=bool)
             self._inbound_port_ok[list(options.inbound_ports)] = True
@@ -84,7 +85,7 @@ class BucketTally:
     def add(self, batch: Batch) -> None:
         listening = batch.state == TCP_LISTEN
         if listening.any():
-            self._add_listeners(batch, listening)
+            self._add_listeners(_select(batch, listening))
             if listening.all():
                 return
             batch = _select(batch, ~listening)
@@ -96,32 +97,28 @@ class BucketTally:
         suspects = np.flatnonzero(in_range & self.listen_port[sport])
         for row in suspects.tolist():  # rare: a connection to a listener on an in-range port
             port = int(sport[row])
-            address = _address_int(bool(v4[row]), local[row])
-            if (
-                port in self.wildcard_ports
-                or (not v4[row], address, port) in self.listen_addr_ports
-            ):
+            owner = (not v4[row], _address_int(bool(v4[row]), local[row]), port)
+            if port in self.wildcard_ports or owner in self.listen_addr_ports:
                 outbound[row] = False
         inbound = ~outbound
         if self._inbound_port_ok is not None:
             inbound &= self._inbound_port_ok[sport]
         tw = batch.state == TCP_TIME_WAIT
-        for is_v4 in (True, False):
-            family = v4 if is_v4 else ~v4
-            for is_out, table, mask in (
-                (True, self.counts.outbound, outbound & family),
-                (False, self.counts.inbound, inbound & family),
-            ):
+        for is_out, table, direction in (
+            (True, self.counts.outbound, outbound),
+            (False, self.counts.inbound, inbound),
+        ):
+            for is_v4, family in ((True, v4), (False, ~v4)):
+                mask = direction & family
                 if not mask.any():
                     continue
                 ports = batch.dport[mask] if is_out else sport[mask]
                 if is_v4:
-                    self._count_v4(table, local[mask], remote[mask], ports, tw[mask])
+                    self._count_v4(table, local[mask, 3], remote[mask, 3], ports, tw[mask])
                 else:
                     self._count_v6(table, local[mask], remote[mask], ports, tw[mask])
 
-    def _add_listeners(self, batch: Batch, listening: npt.NDArray[np.bool_]) -> None:
-        listeners = _select(batch, listening)
+    def _add_listeners(self, listeners: Batch) -> None:
         v4, local, _ = _canonical(listeners, listeners_only=True)
         for row, port in enumerate(listeners.sport.tolist()):
             self.listen_port[port] = True
@@ -130,20 +127,19 @@ class BucketTally:
             if not local[row].any():
                 self.wildcard_ports.add(port)
             else:
-                self.listen_addr_ports.add(
-                    (not v4[row], _address_int(bool(v4[row]), local[row]), port)
-                )
+                owner = (not v4[row], _address_int(bool(v4[row]), local[row]), port)
+                self.listen_addr_ports.add(owner)
 
     def _count_v4(
         self,
         table: dict[BucketKey, list[int]],
-        local: npt.NDArray[np.uint8],
-        remote: npt.NDArray[np.uint8],
+        local_word: npt.NDArray[np.uint32],
+        remote_word: npt.NDArray[np.uint32],
         port: npt.NDArray[np.uint16],
         tw: npt.NDArray[np.bool_],
     ) -> None:
-        local32 = _be32(local[:, 12:16])
-        remote32 = _be32(remote[:, 12:16]) & self._v4_mask
+        local32 = local_word.byteswap().astype(_U64)  # network order → numeric address
+        remote32 = remote_word.byteswap().astype(_U64) & self._v4_mask
         addresses, index = np.unique(local32, return_inverse=True)
         # 14 bits of local-address index (a 1 MiB batch holds < 12,000 records), 32 of
         # remote address, 16 of port, 1 of TIME-WAIT: 63 bits.
@@ -168,14 +164,14 @@ class BucketTally:
     def _count_v6(
         self,
         table: dict[BucketKey, list[int]],
-        local: npt.NDArray[np.uint8],
-        remote: npt.NDArray[np.uint8],
+        local: npt.NDArray[np.uint32],
+        remote: npt.NDArray[np.uint32],
         port: npt.NDArray[np.uint16],
         tw: npt.NDArray[np.bool_],
     ) -> None:
         rows = np.empty((local.shape[0], 35), dtype=np.uint8)
-        rows[:, :16] = local
-        rows[:, 16:32] = remote & self._v6_mask
+        rows[:, :16] = local.astype("<u4").view(np.uint8)
+        rows[:, 16:32] = (remote & self._v6_mask).astype("<u4").view(np.uint8)
         rows[:, 32] = port >> 8
         rows[:, 33] = port & 0xFF
         rows[:, 34] = tw
@@ -205,28 +201,37 @@ def _select(batch: Batch, mask: npt.NDArray[np.bool_]) -> Batch:
 
 def _canonical(
     batch: Batch, listeners_only: bool = False
-) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
-    """(is IPv4, local, remote) with IPv4 addresses in the last 4 of 16 bytes, so that
-    AF_INET and IPv4-mapped AF_INET6 sockets look alike."""
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
+    """(is IPv4, local, remote) with an IPv4 address in word 3 and words 0-2 zero, so
+    that AF_INET and IPv4-mapped AF_INET6 (::ffff:a.b.c.d) sockets look alike."""
     v4_family = batch.family == socket.AF_INET
-    local = batch.src.copy()
-    remote = batch.dst.copy()
-    mapped = ~v4_family & np.all(local[:, :12] == _MAPPED_PREFIX, axis=1)
+    local, remote = batch.src, batch.dst
+    mapped = ~v4_family & _is_mapped(local)
     if not listeners_only:
-        mapped &= np.all(remote[:, :12] == _MAPPED_PREFIX, axis=1)
-    if v4_family.any():
-        local[v4_family, 12:16] = local[v4_family, 0:4]
-        remote[v4_family, 12:16] = remote[v4_family, 0:4]
+        mapped &= _is_mapped(remote)
     v4 = v4_family | mapped
-    local[v4, :12] = 0
-    remote[v4, :12] = 0
+    if v4_family.any():
+        local = local.copy()
+        remote = remote.copy()
+        local[v4_family, 3] = local[v4_family, 0]
+        remote[v4_family, 3] = remote[v4_family, 0]
+        local[v4, :3] = 0
+        remote[v4, :3] = 0
+    elif mapped.any():
+        local = local.copy()
+        remote = remote.copy()
+        local[mapped, :3] = 0
+        remote[mapped, :3] = 0
     return v4, local, remote
 
 
-def _be32(octets: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
-    return np.ascontiguousarray(octets).view(">u4").ravel().astype(_U64)
+def _is_mapped(words: npt.NDArray[np.uint32]) -> npt.NDArray[np.bool_]:
+    mapped: npt.NDArray[np.bool_] = (
+        (words[:, 0] == 0) & (words[:, 1] == 0) & (words[:, 2] == _MAPPED_WORD)
+    )
+    return mapped
 
 
-def _address_int(v4: bool, address: npt.NDArray[np.uint8]) -> int:
-    raw = bytes(address[12:16]) if v4 else bytes(address)
-    return int.from_bytes(raw, "big")
+def _address_int(v4: bool, words: npt.NDArray[np.uint32]) -> int:
+    raw = words.astype("<u4").tobytes()
+    return int.from_bytes(raw[12:16] if v4 else raw, "big")

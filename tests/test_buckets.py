@@ -137,8 +137,8 @@ def make_batch(rows: list[tuple[str, int, bytes, int, bytes, int]]) -> Batch:
         state=np.array([r[1] for r in rows], dtype=np.uint8),
         sport=np.array([r[3] for r in rows], dtype=np.uint16),
         dport=np.array([r[5] for r in rows], dtype=np.uint16),
-        src=np.frombuffer(b"".join(r[2] for r in rows), dtype=np.uint8).reshape(-1, 16),
-        dst=np.frombuffer(b"".join(r[4] for r in rows), dtype=np.uint8).reshape(-1, 16),
+        src=np.frombuffer(b"".join(r[2] for r in rows), dtype="<u4").reshape(-1, 4),
+        dst=np.frombuffer(b"".join(r[4] for r in rows), dtype="<u4").reshape(-1, 4),
     )
 
 

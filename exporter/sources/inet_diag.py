@@ -57,12 +57,8 @@ ALL_STATES = sum(1 << s for s in TCP_STATES)  # 0xffe, TCPF_* bits
 FAMILIES: dict[int, str] = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 
 # Offsets inside one record (nlmsghdr + inet_diag_msg).
-OFF_FAMILY = 16
-OFF_STATE = 17
-OFF_SPORT = 20
-OFF_DPORT = 22
-OFF_SRC = 24
-OFF_DST = 40
+OFF_FAMILY = 16  # family, state, timer, retrans, then sport, dport at 20
+OFF_DST = 40  # src at 24, dst at 40, 16 bytes each
 MIN_RECORD = NLMSG_HDR.size + 72
 
 
@@ -95,14 +91,18 @@ def build_request(family: int, states: int, seq: int, bytecode: bytes = b"") -> 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Column view of every socket record in one receive buffer (all arrays length n)."""
+    """Column view of every socket record in one receive buffer (all arrays length n).
+
+    Addresses are the kernel's four 32-bit words per address (network byte order in
+    memory, as in inet_diag_sockid.idiag_src/dst); an IPv4 address is word 0.
+    """
 
     family: npt.NDArray[np.uint8]
     state: npt.NDArray[np.uint8]
     sport: npt.NDArray[np.uint16]  # host order
     dport: npt.NDArray[np.uint16]
-    src: npt.NDArray[np.uint8]  # shape (n, 16): the address bytes as the kernel sent them
-    dst: npt.NDArray[np.uint8]
+    src: npt.NDArray[np.uint32]  # shape (n, 4)
+    dst: npt.NDArray[np.uint32]
 
     def __len__(self) -> int:
         return int(self.state.shape[0])
@@ -200,17 +200,19 @@ def decode_batch(buf: memoryview, length: int, seq: int, pid: int) -> tuple[Batc
         if int(lens.min()) < MIN_RECORD:
             raise DiagProtocolError(f"inet_diag record shorter than {MIN_RECORD} bytes")
     interrupted = bool(np.any(flags & NLM_F_DUMP_INTR))
-    port_bytes = raw[(data + OFF_SPORT)[:, None] + np.arange(4)].astype(np.uint16)
-    sport = (port_bytes[:, 0] << 8) | port_bytes[:, 1]
-    dport = (port_bytes[:, 2] << 8) | port_bytes[:, 3]
-    addrs = raw[(data + OFF_SRC)[:, None] + np.arange(32)]
+    # Gather the 10 words at record offsets 16..56 (family, state, timer, retrans, sport,
+    # dport, src[4], dst[4]); records start 4-byte aligned (NLMSG_ALIGN).
+    words = np.frombuffer(buf, dtype="<u4", count=length // 4)
+    fields = words[(data >> 2)[:, None] + np.arange(OFF_FAMILY // 4, OFF_DST // 4 + 4)]
+    head = fields[:, 0]
+    ports = fields[:, 1].byteswap()  # sport, dport: big-endian u16 pair
     batch = Batch(
-        family=raw[data + OFF_FAMILY],
-        state=raw[data + OFF_STATE],
-        sport=sport,
-        dport=dport,
-        src=addrs[:, :16],
-        dst=addrs[:, 16:],
+        family=(head & 0xFF).astype(np.uint8),
+        state=((head >> 8) & 0xFF).astype(np.uint8),
+        sport=(ports >> 16).astype(np.uint16),
+        dport=(ports & 0xFFFF).astype(np.uint16),
+        src=fields[:, 2:6],
+        dst=fields[:, 6:10],
     )
     return batch, BatchEnd(done=done, interrupted=interrupted)
 

@@ -65,8 +65,8 @@ def ours(
     for i in range(len(batch)):
         family = int(batch.family[i])
         size = 4 if family == socket.AF_INET else 16
-        src = str(ipaddress.ip_address(bytes(batch.src[i][:size])))
-        dst = str(ipaddress.ip_address(bytes(batch.dst[i][:size])))
+        src = str(ipaddress.ip_address(batch.src[i].astype("<u4").tobytes()[:size]))
+        dst = str(ipaddress.ip_address(batch.dst[i].astype("<u4").tobytes()[:size]))
         rows.append(
             (family, int(batch.state[i]), src, int(batch.sport[i]), dst, int(batch.dport[i]))
         )

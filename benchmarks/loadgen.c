@@ -1,0 +1,107 @@
+/*
+ * Load generator for the benchmarks: puts TCP sockets into the network namespace it runs
+ * in (run it under `ip netns exec`), fast enough to hold a million TIME-WAIT sockets
+ * within their 60 s lifetime (TCP_TIMEWAIT_LEN). Loopback only.
+ *
+ *   loadgen CONNECTIONS ESTABLISHED SRC_FIRST SRC_COUNT DST_PREFIX DST_FIRST DST_COUNT
+ *           PORT_FIRST PORT_COUNT
+ *
+ * Buckets are every (127.0.0.SRC, DST_PREFIX.DST, PORT) combination; connection i uses
+ * bucket i % buckets. Even-numbered connections are closed by the client first (outbound
+ * TIME-WAIT, on the client's ephemeral port), odd ones by the server first (inbound
+ * TIME-WAIT, on the listener's port). The last ESTABLISHED connections stay open. Prints
+ * "ready" and then sleeps until killed, keeping listeners and ESTABLISHED sockets alive.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
+
+static void die(const char *what) {
+    perror(what);
+    exit(1);
+}
+
+static struct sockaddr_in address(const char *ip, int port) {
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(port);
+    if (inet_pton(AF_INET, ip, &sa.sin_addr) != 1) die(ip);
+    return sa;
+}
+
+static void wait_eof(int fd) {
+    char byte;
+    while (recv(fd, &byte, 1, 0) > 0) {
+    }
+}
+
+int main(int argc, char **argv) {
+    if (argc != 10) {
+        fprintf(stderr, "usage: see the comment at the top of loadgen.c\n");
+        return 2;
+    }
+    long connections = atol(argv[1]), established = atol(argv[2]);
+    int src_first = atoi(argv[3]), src_count = atoi(argv[4]);
+    const char *dst_prefix = argv[5];
+    int dst_first = atoi(argv[6]), dst_count = atoi(argv[7]);
+    int port_first = atoi(argv[8]), port_count = atoi(argv[9]);
+    int listeners = dst_count * port_count, buckets = src_count * listeners;
+
+    struct rlimit files = {1 << 20, 1 << 20};
+    setrlimit(RLIMIT_NOFILE, &files);
+
+    int *listen_fd = calloc(listeners, sizeof(int));
+    struct sockaddr_in *listen_sa = calloc(listeners, sizeof(struct sockaddr_in));
+    struct sockaddr_in *src_sa = calloc(src_count, sizeof(struct sockaddr_in));
+    char ip[64];
+    for (int s = 0; s < src_count; s++) {
+        snprintf(ip, sizeof ip, "127.0.0.%d", src_first + s);
+        src_sa[s] = address(ip, 0);
+    }
+    for (int d = 0; d < dst_count; d++) {
+        for (int p = 0; p < port_count; p++) {
+            int k = d * port_count + p, one = 1;
+            snprintf(ip, sizeof ip, "%s.%d", dst_prefix, dst_first + d);
+            listen_sa[k] = address(ip, port_first + p);
+            listen_fd[k] = socket(AF_INET, SOCK_STREAM, 0);
+            setsockopt(listen_fd[k], SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+            if (bind(listen_fd[k], (struct sockaddr *)&listen_sa[k], sizeof listen_sa[k]))
+                die("bind listener");
+            if (listen(listen_fd[k], 4096)) die("listen");
+        }
+    }
+    for (long i = 0; i < connections; i++) {
+        int b = (int)(i % buckets), s = b / listeners, k = b % listeners, one = 1;
+        int client = socket(AF_INET, SOCK_STREAM, 0);
+        if (client < 0) die("socket");
+        setsockopt(client, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        if (bind(client, (struct sockaddr *)&src_sa[s], sizeof src_sa[s])) die("bind client");
+        if (connect(client, (struct sockaddr *)&listen_sa[k], sizeof listen_sa[k])) {
+            fprintf(stderr, "connect %ld: %s\n", i, strerror(errno));
+            return 1;
+        }
+        int server = accept(listen_fd[k], NULL, NULL);
+        if (server < 0) die("accept");
+        if (i >= connections - established) continue; /* keep both ends ESTABLISHED */
+        int first = (i % 2 == 0) ? client : server, second = (first == client) ? server : client;
+        close(first);
+        wait_eof(second);
+        close(second);
+    }
+    printf("ready\n");
+    fflush(stdout);
+    pause();
+    return 0;
+}

@@ -1,0 +1,336 @@
+"""The exporter's poll side by side with the kernel floor, ss and node_exporter, in the same
+run and the same namespace. As root, from a fresh clone:
+
+    python -m benchmarks.run --markdown docs/benchmarks.md
+
+Per size: a fresh namespace filled by benchmarks/loadgen.c, then `--rounds` rounds in
+which every method runs once (the order rotates each round, so TIME-WAIT sockets expiring
+near the end of the 60 s window cost every method alike). Then, at the largest size, the
+latency of /metrics scrapes while polls run back to back; then the idle daemon's CPU with
+10,000 sockets at the default 15 s interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.load import Loaded, loaded_namespace
+from benchmarks.worker import process_cpu
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE_EXPORTER = "prometheus-node-exporter"
+LABELS = {
+    "exporter": "timewait-exporter full poll",
+    "floor": "kernel dump, received and discarded (floor)",
+    "node": "node_exporter tcpstat (scrape)",
+    "ss-tw": "`ss -tan state time-wait >/dev/null`",
+    "ss-all": "`ss -tan >/dev/null`",
+}
+
+
+@dataclass
+class Result:
+    method: str
+    walls: list[float]
+    cpus: list[float]
+    rss: int
+    timewait: list[int]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.walls)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(loaded: Loaded, url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    probe = f"import urllib.request; urllib.request.urlopen({url!r}, timeout=60).read()"
+    while time.monotonic() < deadline:
+        ok = subprocess.run(loaded.exec(sys.executable, "-c", probe), capture_output=True)
+        if ok.returncode == 0:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer in {timeout} s")
+
+
+def measure(loaded: Loaded, rounds: int, with_node: bool) -> dict[str, Result]:
+    methods = ["exporter", "floor", "ss-tw", "ss-all"]
+    node = None
+    if with_node:
+        port = free_port()
+        node = subprocess.Popen(
+            loaded.exec(
+                NODE_EXPORTER,
+                "--collector.disable-defaults",
+                "--collector.tcpstat",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_http(loaded, f"http://127.0.0.1:{port}/metrics")
+        methods.append(f"node:{port}:{node.pid}")
+    worker = subprocess.Popen(
+        loaded.exec(sys.executable, "-m", "benchmarks.worker"),
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert worker.stdin is not None and worker.stdout is not None
+    results: dict[str, Result] = {}
+    try:
+        worker.stdin.write("exporter\n")  # warm-up: imports, first allocation
+        worker.stdin.flush()
+        worker.stdout.readline()
+        for r in range(rounds):
+            for method in methods[r % len(methods) :] + methods[: r % len(methods)]:
+                worker.stdin.write(method + "\n")
+                worker.stdin.flush()
+                answer = json.loads(worker.stdout.readline())
+                name = answer["method"]
+                result = results.setdefault(name, Result(name, [], [], 0, []))
+                result.walls.append(answer["wall"])
+                result.cpus.append(answer["cpu"])
+                if name == "exporter":
+                    result.rss = answer["rss"]
+                    result.timewait.append(answer["timewait"])
+        if node is not None:
+            from benchmarks.worker import vm_hwm_bytes
+
+            results["node"].rss = vm_hwm_bytes(node.pid)
+    finally:
+        worker.stdin.close()
+        worker.wait()
+        if node is not None:
+            node.kill()
+            node.wait()
+    return results
+
+
+def scrape_latency(loaded: Loaded, seconds: float) -> dict[str, float]:
+    """Scrape /metrics every 20 ms while the daemon polls back to back (interval 0.1 s:
+    each poll overruns it, so a poll is nearly always running)."""
+    port = free_port()
+    daemon = subprocess.Popen(
+        loaded.exec(
+            sys.executable,
+            "-m",
+            "exporter",
+            "serve",
+            "--poll.interval",
+            "0.1",
+            "--web.listen-address",
+            f"127.0.0.1:{port}",
+            "--log.level",
+            "error",
+        ),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    code = f"""
+import json, time, urllib.request
+url = "http://127.0.0.1:{port}/metrics"
+def ready():
+    try:
+        return b"tcptw_sockets" in urllib.request.urlopen(url).read()
+    except OSError:
+        return False
+deadline = time.monotonic() + 60
+while not ready() and time.monotonic() < deadline:
+    time.sleep(0.1)
+lat = []
+end = time.monotonic() + {seconds}
+while time.monotonic() < end:
+    t = time.perf_counter(); urllib.request.urlopen(url).read(); lat.append(time.perf_counter() - t)
+    time.sleep(0.02)
+body = urllib.request.urlopen(url).read().decode()
+print(json.dumps({{"lat": lat, "body": body}}))
+"""
+    try:
+        out = subprocess.run(
+            loaded.exec(sys.executable, "-c", code),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=seconds + 120,
+        ).stdout
+    finally:
+        daemon.terminate()
+        daemon.wait()
+    data = json.loads(out)
+    lat = np.array(data["lat"]) * 1000
+    overruns = [
+        line for line in data["body"].splitlines() if line.startswith("tcptw_poll_overruns_total")
+    ]
+    return {
+        "scrapes": float(len(lat)),
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "max_ms": float(lat.max()),
+        "overruns": float(overruns[0].split()[1]) if overruns else 0.0,
+    }
+
+
+def idle_cpu(loaded: Loaded, seconds: float) -> dict[str, float]:
+    """The daemon at the default 15 s interval: CPU used over `seconds`, after start-up."""
+    port = free_port()
+    daemon = subprocess.Popen(
+        loaded.exec(
+            sys.executable,
+            "-m",
+            "exporter",
+            "serve",
+            "--web.listen-address",
+            f"127.0.0.1:{port}",
+            "--log.level",
+            "error",
+        ),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_http(loaded, f"http://127.0.0.1:{port}/metrics")
+        pid = daemon.pid  # `ip netns exec` execs the daemon: same pid
+        before, start = process_cpu(pid), time.monotonic()
+        time.sleep(seconds)
+        used, wall = process_cpu(pid) - before, time.monotonic() - start
+    finally:
+        daemon.terminate()
+        daemon.wait()
+    return {"seconds": wall, "cpu_seconds": used, "percent_of_one_core": 100 * used / wall}
+
+
+def table(size: int, loaded: Loaded, results: dict[str, Result]) -> list[str]:
+    floor = results["floor"].median
+    exporter = results["exporter"]
+    lines = [
+        f"### {size:,} connections ({loaded.sockets:,} sockets asked for; TIME-WAIT seen by the "
+        f"exporter: {min(exporter.timewait):,}-{max(exporter.timewait):,}; generated in "
+        f"{loaded.seconds:.1f} s)",
+        "",
+        "| method | median wall | min | max | median CPU | peak RSS | wall / floor | "
+        "exporter speed-up |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in ("floor", "exporter", "node", "ss-tw", "ss-all"):
+        if name not in results:
+            continue
+        r = results[name]
+        rss = f"{r.rss / 2**20:.0f} MiB" if r.rss else "-"
+        speedup = "-" if name in ("exporter", "floor") else f"{r.median / exporter.median:.2f} x"
+        lines.append(
+            f"| {LABELS[name]} | {r.median * 1000:.0f} ms | {min(r.walls) * 1000:.0f} ms | "
+            f"{max(r.walls) * 1000:.0f} ms | {statistics.median(r.cpus) * 1000:.0f} ms | {rss} | "
+            f"{r.median / floor:.2f} | {speedup} |"
+        )
+    return lines
+
+
+def machine() -> list[str]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.machine(),
+    )
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) // 2**20
+    node = subprocess.run([NODE_EXPORTER, "--version"], capture_output=True, text=True)
+    ss = subprocess.run(["ss", "--version"], capture_output=True, text=True).stdout.strip()
+    return [
+        f"- kernel {platform.release()}, {os.cpu_count()} cores ({cpu}), {mem} GiB",
+        f"- Python {platform.python_version()}, numpy {np.__version__}",
+        f"- {(node.stdout or node.stderr).splitlines()[0]}; {ss}",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="100000,300000,1000000")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--scrape-seconds", type=float, default=10)
+    parser.add_argument("--idle-seconds", type=float, default=60)
+    parser.add_argument("--no-node-exporter", action="store_true")
+    parser.add_argument("--markdown", type=Path, help="also write the report here")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: the benchmark builds network namespaces")
+    with_node = not args.no_node_exporter
+    if with_node and shutil.which(NODE_EXPORTER) is None:
+        raise SystemExit(f"{NODE_EXPORTER} missing: apt-get install prometheus-node-exporter")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    report = [
+        "# Benchmarks",
+        "",
+        "Produced by:",
+        "",
+        f"    python -m benchmarks.run --sizes {args.sizes} --rounds {args.rounds}"
+        + (f" --markdown {args.markdown}" if args.markdown else ""),
+        "",
+        "On this machine:",
+        "",
+        *machine(),
+        "",
+    ]
+    headline = []
+    for size in sizes:
+        with loaded_namespace(size) as loaded:
+            results = measure(loaded, args.rounds, with_node)
+        lines = table(size, loaded, results)
+        print("\n".join(lines), "", sep="\n", flush=True)
+        report += [*lines, ""]
+        headline.append(
+            (size, results["exporter"].median / results["floor"].median, results["exporter"].rss)
+        )
+    report += ["### Summary", "", "| sockets | poll / floor | exporter peak RSS |", "|---|---|---|"]
+    report += [f"| {s:,} | {r:.2f} | {rss / 2**20:.0f} MiB |" for s, r, rss in headline]
+    report.append("")
+    if args.scrape_seconds > 0:
+        with loaded_namespace(max(sizes)) as loaded:
+            lat = scrape_latency(loaded, args.scrape_seconds)
+        text = (
+            f"Scrapes of /metrics while {max(sizes):,}-connection polls ran back to back: "
+            f"{lat['scrapes']:.0f} scrapes, p50 {lat['p50_ms']:.1f} ms, "
+            f"p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms "
+            f"({lat['overruns']:.0f} poll overruns counted)."
+        )
+        print(text, flush=True)
+        report += ["### Scrape latency during polls", "", text, ""]
+    if args.idle_seconds > 0:
+        with loaded_namespace(10_000, established=100) as loaded:
+            idle = idle_cpu(loaded, args.idle_seconds)
+        text = (
+            f"Idle daemon, 10,000 sockets, default 15 s interval: "
+            f"{idle['cpu_seconds']:.2f} s CPU in {idle['seconds']:.0f} s = "
+            f"{idle['percent_of_one_core']:.2f} % of one core."
+        )
+        print(text, flush=True)
+        report += ["### Idle cost", "", text, ""]
+    if args.markdown:
+        args.markdown.write_text("\n".join(report))
+
+
+if __name__ == "__main__":
+    main()

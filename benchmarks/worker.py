@@ -1,0 +1,119 @@
+"""Runs inside the benchmark namespace (`ip netns exec NS python -m benchmarks.worker`):
+reads one method name per line on stdin, times it, answers one JSON line.
+
+  exporter  the exporter's full poll: dump, decode, state counts, buckets, capacity, snapshot
+  floor     the same sock_diag dumps (both families, all states) received and discarded
+  ss-tw     ss -tan state time-wait >/dev/null
+  ss-all    ss -tan >/dev/null
+  node:PORT one scrape of node_exporter's tcpstat collector (started in the namespace)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from exporter.config import Config
+from exporter.poller import Poller
+from exporter.socket_stats import SocketStats
+from exporter.sources.inet_diag import ALL_STATES, NLMSG_DONE, NLMSG_HDR, build_request
+from exporter.sources.sockdiag import FAMILIES, DiagSocket
+
+
+def floor_dump() -> None:
+    """The kernel's cost: both dumps received into one 64 KiB buffer and thrown away."""
+    with DiagSocket() as diag:
+        buffer = bytearray(65536)
+        for family in FAMILIES:
+            diag.sock.send(build_request(family, ALL_STATES, 7))
+            while True:
+                n = diag.sock.recv_into(buffer)
+                if n >= 20 and NLMSG_HDR.unpack_from(buffer, n - 20)[:2] == (20, NLMSG_DONE):
+                    break
+
+
+def self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def vm_hwm_bytes(pid: int | str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def scrape(url: str) -> None:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        response.read()
+
+
+def main() -> None:
+    poller = Poller(Config(netns_name="bench"))
+    timewait = [0]
+
+    def exporter() -> None:
+        snapshot = poller.poll_once()
+        stats: SocketStats = next(r.data for r in snapshot.results if r.source == "sockdiag")
+        timewait[0] = sum(v for (_, state), v in stats.states.items() if state == "time_wait")
+
+    def run(argv: list[str]) -> Callable[[], None]:
+        return lambda: subprocess.run(argv, stdout=subprocess.DEVNULL, check=True)
+
+    for line in sys.stdin:
+        method = line.strip()
+        cpu: Callable[[], float] = self_cpu
+        if method == "exporter":
+            fn = exporter
+        elif method == "floor":
+            fn = floor_dump
+        elif method == "ss-tw":
+            fn, cpu = run(["ss", "-tan", "state", "time-wait"]), children_cpu
+        elif method == "ss-all":
+            fn, cpu = run(["ss", "-tan"]), children_cpu
+        elif method.startswith("node:"):
+            _, port, pid = method.split(":")
+            fn = functools.partial(scrape, f"http://127.0.0.1:{port}/metrics")
+            cpu = functools.partial(process_cpu, int(pid))
+        else:
+            raise SystemExit(f"unknown method {method!r}")
+        cpu_before, start = cpu(), time.perf_counter()
+        fn()
+        wall, cpu_used = time.perf_counter() - start, cpu() - cpu_before
+        print(
+            json.dumps(
+                {
+                    "method": method.split(":")[0],
+                    "wall": wall,
+                    "cpu": cpu_used,
+                    "rss": vm_hwm_bytes("self"),
+                    "timewait": timewait[0],
+                }
+            ),
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    socket.setdefaulttimeout(60)
+    main()
