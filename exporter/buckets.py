@@ -70,6 +70,7 @@ class BucketTally:
         self.listen_port = np.zeros(65536, dtype=bool)
         self.wildcard_ports: set[int] = set()
         self.listen_addr_ports: set[tuple[bool, int, int]] = set()
+        self._locals: npt.NDArray[np.uint32] = np.zeros(0, dtype=np.uint32)
         self._v4_mask = _U64((0xFFFFFFFF << (32 - options.ipv4_prefix)) & 0xFFFFFFFF)
         v6_bits = np.zeros(128, dtype=np.uint8)
         v6_bits[: options.ipv6_prefix] = 1
@@ -92,43 +93,43 @@ class BucketTally:
         sport = batch.sport
         in_range = (sport >= self.low) & (sport <= self.high)
         self.port_used[sport[in_range]] = True
-        v4, local, remote = _canonical(batch)
+        v4, local4, remote4 = _canonical(batch)
         outbound = in_range.copy()
         suspects = np.flatnonzero(in_range & self.listen_port[sport])
         for row in suspects.tolist():  # rare: a connection to a listener on an in-range port
             port = int(sport[row])
-            owner = (not v4[row], _address_int(bool(v4[row]), local[row]), port)
+            owner = (not v4[row], _address(bool(v4[row]), local4[row], batch.src[row]), port)
             if port in self.wildcard_ports or owner in self.listen_addr_ports:
                 outbound[row] = False
         inbound = ~outbound
         if self._inbound_port_ok is not None:
             inbound &= self._inbound_port_ok[sport]
         tw = batch.state == TCP_TIME_WAIT
+        all_v4 = bool(v4.all())
         for is_out, table, direction in (
             (True, self.counts.outbound, outbound),
             (False, self.counts.inbound, inbound),
         ):
-            for is_v4, family in ((True, v4), (False, ~v4)):
-                mask = direction & family
-                if not mask.any():
-                    continue
-                ports = batch.dport[mask] if is_out else sport[mask]
-                if is_v4:
-                    self._count_v4(table, local[mask, 3], remote[mask, 3], ports, tw[mask])
-                else:
-                    self._count_v6(table, local[mask], remote[mask], ports, tw[mask])
+            ports = batch.dport if is_out else sport
+            mask = direction if all_v4 else direction & v4
+            if mask.any():
+                self._count_v4(table, local4[mask], remote4[mask], ports[mask], tw[mask])
+            if not all_v4:
+                mask = direction & ~v4
+                if mask.any():
+                    self._count_v6(table, batch.src[mask], batch.dst[mask], ports[mask], tw[mask])
 
     def _add_listeners(self, listeners: Batch) -> None:
-        v4, local, _ = _canonical(listeners, listeners_only=True)
+        v4, local4, _ = _canonical(listeners, listeners_only=True)
         for row, port in enumerate(listeners.sport.tolist()):
             self.listen_port[port] = True
             if self.low <= port <= self.high:
                 self.port_used[port] = True
-            if not local[row].any():
+            address = _address(bool(v4[row]), local4[row], listeners.src[row])
+            if address == 0:
                 self.wildcard_ports.add(port)
             else:
-                owner = (not v4[row], _address_int(bool(v4[row]), local[row]), port)
-                self.listen_addr_ports.add(owner)
+                self.listen_addr_ports.add((not v4[row], address, port))
 
     def _count_v4(
         self,
@@ -138,11 +139,11 @@ class BucketTally:
         port: npt.NDArray[np.uint16],
         tw: npt.NDArray[np.bool_],
     ) -> None:
-        local32 = local_word.byteswap().astype(_U64)  # network order → numeric address
+        local32 = local_word.byteswap()  # network order → numeric address
         remote32 = remote_word.byteswap().astype(_U64) & self._v4_mask
-        addresses, index = np.unique(local32, return_inverse=True)
-        # 14 bits of local-address index (a 1 MiB batch holds < 12,000 records), 32 of
-        # remote address, 16 of port, 1 of TIME-WAIT: 63 bits.
+        index = self._local_index(local32)
+        # 14 bits of local-address index, 32 of remote address, 16 of port, 1 of
+        # TIME-WAIT: 63 bits.
         key = (
             (index.astype(_U64) << _U64(49))
             | (remote32 << _U64(17))
@@ -150,7 +151,7 @@ class BucketTally:
             | tw.astype(_U64)
         )
         keys, counts = np.unique(key, return_counts=True)
-        local_values = addresses.tolist()
+        local_values = self._locals.tolist()
         add = self.counts.add
         for packed, count in zip(keys.tolist(), counts.tolist(), strict=True):
             bucket = (
@@ -160,6 +161,19 @@ class BucketTally:
                 (packed >> 17) & 0xFFFFFFFF,
             )
             add(table, bucket, count, bool(packed & 1))
+
+    def _local_index(self, local32: npt.NDArray[np.uint32]) -> npt.NDArray[np.intp]:
+        """Index of each local address in the sorted set of those seen so far. A namespace
+        has few local addresses, so a binary search in a tiny array beats sorting the
+        batch; an address not seen before (rare) rebuilds the set."""
+        index = np.searchsorted(self._locals, local32)
+        clipped = np.minimum(index, self._locals.size - 1)
+        if self._locals.size == 0 or not bool(np.all(self._locals[clipped] == local32)):
+            self._locals = np.union1d(self._locals, local32)
+            if self._locals.size >= 1 << 14:
+                raise ValueError("more than 16,383 local addresses in one namespace")
+            index = np.searchsorted(self._locals, local32)
+        return index
 
     def _count_v6(
         self,
@@ -202,27 +216,18 @@ def _select(batch: Batch, mask: npt.NDArray[np.bool_]) -> Batch:
 def _canonical(
     batch: Batch, listeners_only: bool = False
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
-    """(is IPv4, local, remote) with an IPv4 address in word 3 and words 0-2 zero, so
-    that AF_INET and IPv4-mapped AF_INET6 (::ffff:a.b.c.d) sockets look alike."""
+    """(is IPv4, local IPv4 word, remote IPv4 word): the address word of AF_INET sockets
+    (word 0) and of IPv4-mapped AF_INET6 ones (::ffff:a.b.c.d, word 3) alike, so both land
+    in the same buckets. The words of other IPv6 rows are meaningless."""
     v4_family = batch.family == socket.AF_INET
-    local, remote = batch.src, batch.dst
-    mapped = ~v4_family & _is_mapped(local)
+    src, dst = batch.src, batch.dst
+    if bool(v4_family.all()):
+        return v4_family, src[:, 0], dst[:, 0]
+    mapped = _is_mapped(src)
     if not listeners_only:
-        mapped &= _is_mapped(remote)
+        mapped &= _is_mapped(dst)
     v4 = v4_family | mapped
-    if v4_family.any():
-        local = local.copy()
-        remote = remote.copy()
-        local[v4_family, 3] = local[v4_family, 0]
-        remote[v4_family, 3] = remote[v4_family, 0]
-        local[v4, :3] = 0
-        remote[v4, :3] = 0
-    elif mapped.any():
-        local = local.copy()
-        remote = remote.copy()
-        local[mapped, :3] = 0
-        remote[mapped, :3] = 0
-    return v4, local, remote
+    return v4, np.where(v4_family, src[:, 0], src[:, 3]), np.where(v4_family, dst[:, 0], dst[:, 3])
 
 
 def _is_mapped(words: npt.NDArray[np.uint32]) -> npt.NDArray[np.bool_]:
@@ -232,6 +237,8 @@ def _is_mapped(words: npt.NDArray[np.uint32]) -> npt.NDArray[np.bool_]:
     return mapped
 
 
-def _address_int(v4: bool, words: npt.NDArray[np.uint32]) -> int:
-    raw = words.astype("<u4").tobytes()
-    return int.from_bytes(raw[12:16] if v4 else raw, "big")
+def _address(v4: bool, word: np.uint32, words: npt.NDArray[np.uint32]) -> int:
+    """The numeric address of one socket: its IPv4 word, or its four IPv6 words."""
+    if v4:
+        return int.from_bytes(np.asarray(word, dtype="<u4").tobytes(), "big")
+    return int.from_bytes(words.astype("<u4").tobytes(), "big")

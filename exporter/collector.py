@@ -132,9 +132,11 @@ def _self_metrics(snapshot: Snapshot) -> Iterator[Metric]:
 def _sockets(results: list[SourceResult]) -> Iterator[Metric]:
     if not results:
         return
+    scopes = sorted({r.data.scope for r in results if r.data.scope})
+    scope = f"; non-listening sockets only where {' / '.join(scopes)}" if scopes else ""
     family = GaugeMetricFamily(
         "tcptw_sockets",
-        "TCP sockets by address family and state, from sock_diag" + LAST_POLL,
+        "TCP sockets by address family and state, from sock_diag" + scope + LAST_POLL,
         labels=["netns", "family", "state"],
     )
     for result in results:

@@ -12,7 +12,13 @@ import numpy.typing as npt
 
 from exporter.buckets import BucketOptions, BucketTally
 from exporter.capacity import PortPolicy, PortUsage, summarize
-from exporter.sources.inet_diag import FAMILIES, TCP_STATES, Batch, DumpInterrupted
+from exporter.sources.inet_diag import (
+    FAMILIES,
+    TCP_STATES,
+    Batch,
+    DumpInterrupted,
+    port_filter_bytecode,
+)
 from exporter.sources.sockdiag import dump_all
 
 _FAMILY_INDEX = {socket.AF_INET: 0, socket.AF_INET6: 1}
@@ -27,6 +33,8 @@ class SocketStats:
     missing_families: tuple[str, ...]
     # Buckets and port capacity; None when the port range could not be read.
     ports: PortUsage | None = None
+    # Which non-listening sockets the kernel was asked for ("" = all of them).
+    scope: str = ""
 
 
 class SocketTally:
@@ -48,7 +56,7 @@ class SocketTally:
         if self._buckets is not None:
             self._buckets.add(batch)
 
-    def result(self, missing: dict[int, str]) -> SocketStats:
+    def result(self, missing: dict[int, str], scope: str = "") -> SocketStats:
         states: dict[tuple[str, str], int] = {}
         for index, family in _FAMILY_BY_INDEX.items():
             if family in missing:
@@ -62,6 +70,7 @@ class SocketTally:
             states=states,
             missing_families=tuple(FAMILIES[f] for f in sorted(missing)),
             ports=ports,
+            scope=scope,
         )
 
 
@@ -69,14 +78,25 @@ def collect_socket_stats(
     policy: PortPolicy | None = None, options: BucketOptions | None = None, retries: int = 1
 ) -> SocketStats:
     """Dump this thread's namespace; a dump the kernel flags as interrupted
-    (NLM_F_DUMP_INTR) is redone from scratch once, then reported as an error."""
+    (NLM_F_DUMP_INTR) is redone from scratch once, then reported as an error.
+
+    With --buckets.inbound-ports the kernel is asked only for non-listening sockets whose
+    local port is in the ephemeral range or in those ports (as `ss` filters): what the
+    buckets need, at a fraction of the cost on a busy server.
+    """
+    bytecode, scope = b"", ""
+    if policy is not None and options is not None and options.inbound_ports:
+        low, high = policy.port_range
+        ports = tuple(sorted(options.inbound_ports))
+        bytecode = port_filter_bytecode(low, high, ports)
+        scope = f"local port {low}-{high} or {','.join(map(str, ports))}"
     for attempt in range(retries + 1):
         tally = SocketTally(policy, options)
         try:
-            missing = dump_all(tally)
+            missing = dump_all(tally, bytecode=bytecode)
         except DumpInterrupted:
             if attempt == retries:
                 raise
             continue
-        return tally.result(missing)
+        return tally.result(missing, scope)
     raise AssertionError("unreachable")

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import socket
 
+from exporter.buckets import BucketOptions
+from exporter.capacity import PortPolicy
 from exporter.socket_stats import SocketTally, collect_socket_stats
 from exporter.sources.inet_diag import TCP_STATES
-from tests.kernel import Netns, populate_all_states, time_wait_pairs
+from tests.kernel import Netns, populate_all_states, server_closes_first, time_wait_pairs
 
 
 def test_state_counts_equal_ss(netns: Netns) -> None:
@@ -39,3 +41,23 @@ def test_empty_tally_reports_zero_for_every_state() -> None:
     assert stats.missing_families == ("ipv6",)
     assert set(stats.states) == {("ipv4", s) for s in TCP_STATES.values()}
     assert set(stats.states.values()) == {0}
+
+
+def test_kernel_port_filter_returns_what_ss_filters(netns: Netns) -> None:
+    """With --buckets.inbound-ports the kernel runs our INET_DIAG_REQ_BYTECODE program: the
+    non-listening sockets it returns are exactly those `ss` selects with the same filter."""
+    netns.sysctl("net.ipv4.ip_local_port_range", "40000 40999")
+    for port in (80, 443, 8080):
+        listener = netns.listen("127.0.0.1", port)
+        time_wait_pairs(netns, listener, 3)  # outbound TIME-WAIT, ports in the range
+        server_closes_first(netns, listener, 2)  # inbound TIME-WAIT on 80, 443, 8080
+    policy = PortPolicy((40000, 40999), (), 0, 1)
+    options = BucketOptions(inbound_ports=frozenset({80, 443}))
+    with netns.inside():
+        stats = collect_socket_stats(policy, options)
+    expression = "( sport >= :40000 and sport <= :40999 ) or sport = :80 or sport = :443"
+    expected = netns.ss_states("state", "all", expression)
+    expected[("ipv4", "listen")] = 3  # listeners are always dumped whole
+    assert {k: v for k, v in stats.states.items() if v} == dict(expected)
+    assert stats.states[("ipv4", "time_wait")] == 9 + 4  # 8080's inbound 2 filtered out
+    assert stats.scope == "local port 40000-40999 or 80,443"

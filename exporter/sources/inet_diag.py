@@ -89,6 +89,37 @@ def build_request(family: int, states: int, seq: int, bytecode: bytes = b"") -> 
     return NLMSG_HDR.pack(length, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 
+# Filter program ops (include/uapi/linux/inet_diag.h, struct inet_diag_bc_op).
+BC_OP = struct.Struct("=BBH")  # code, yes (u8 jump when true), no (u16 jump when false)
+INET_DIAG_BC_JMP = 1
+INET_DIAG_BC_S_GE = 2
+INET_DIAG_BC_S_LE = 3
+
+
+def port_filter_bytecode(low: int, high: int, ports: tuple[int, ...]) -> bytes:
+    """A program accepting sockets whose local port is in [low, high] or in `ports`.
+
+    Laid out as `ss` compiles an OR chain (misc/ss.c, ssfilter_bytecompile): each test
+    falls through on success into a JMP to the end (accept), and jumps to the next test
+    on failure; the last test's failure jumps to end + 4 (reject). "yes" always steps to
+    the next op, as inet_diag_bc_audit (net/ipv4/inet_diag.c) walks that chain. A port
+    test is S_GE then S_LE (S_EQ needs 4.16+), each op followed by a word holding the port.
+    """
+    tests = [(low, high), *((p, p) for p in sorted(set(ports)) if not low <= p <= high)]
+    block = 8 + 8 + 4  # S_GE + port, S_LE + port, JMP
+    total = block * len(tests) - 4  # the last test needs no JMP: falling through accepts
+    program = b""
+    for index, (first, last) in enumerate(tests):
+        here = index * block
+        is_last = index == len(tests) - 1
+        fail = total + 4 - here if is_last else block  # reject, or the next test
+        program += BC_OP.pack(INET_DIAG_BC_S_GE, 8, fail) + BC_OP.pack(0, 0, first)
+        program += BC_OP.pack(INET_DIAG_BC_S_LE, 8, fail - 8) + BC_OP.pack(0, 0, last)
+        if not is_last:
+            program += BC_OP.pack(INET_DIAG_BC_JMP, 4, total - (here + 16))
+    return program
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """Column view of every socket record in one receive buffer (all arrays length n).
@@ -142,9 +173,10 @@ def find_records(buf: memoryview, length: int, seq: int, pid: int) -> npt.NDArra
     """
     if length % 4 == 0 and length >= NLMSG_HDR.size:
         words = np.frombuffer(buf, dtype=np.uint32, count=length // 4)
-        hits = np.flatnonzero((words[2:-1] == seq) & (words[3:] == pid))
+        hits = np.flatnonzero(words[2:-1] == seq)
+        hits = hits[words[hits + 3] == pid]
         if hits.size and hits[0] == 0:
-            starts = hits * 4
+            starts: npt.NDArray[np.int64] = hits.astype(np.int64) * 4
             lens = words[hits].astype(np.int64)
             ends = starts + ((lens + 3) & ~3)
             if (

@@ -14,11 +14,13 @@ bind()-owned listening port before the single pass over all other sockets.
 from __future__ import annotations
 
 import errno
+import functools
 import queue
 import random
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 from exporter.sources.inet_diag import (
@@ -60,7 +62,7 @@ class DiagSocket:
     kernel's own dump cost.
     """
 
-    def __init__(self, rcvbuf: int = RCVBUF_BYTES) -> None:
+    def __init__(self, rcvbuf: int = RCVBUF_BYTES, buffers: list[bytearray] | None = None) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -73,7 +75,8 @@ class DiagSocket:
         except OSError:
             self.sock.close()
             raise
-        self.buffers = [bytearray(BATCH_BYTES + RECV_WINDOW) for _ in range(BUFFERS)]
+        # Sockets whose receives never overlap may share their buffers.
+        self.buffers = buffers or [bytearray(BATCH_BYTES + RECV_WINDOW) for _ in range(BUFFERS)]
         self._seq = random.randrange(1, 1 << 31)
 
     def close(self) -> None:
@@ -85,15 +88,26 @@ class DiagSocket:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def dump(self, family: int, states: int, consumer: BatchConsumer) -> None:
+    def dump(
+        self, family: int, states: int, consumer: BatchConsumer, bytecode: bytes = b""
+    ) -> None:
         """Run one dump of `family` TCP sockets in `states` into `consumer`.
 
         Raises DumpInterrupted (NLM_F_DUMP_INTR seen, or ENOBUFS), DiagProtocolError, or
         OSError.
         """
+        self.receive(self.request(family, states, bytecode), family, consumer)
+
+    def request(self, family: int, states: int, bytecode: bytes = b"") -> int:
+        """Send a dump request; returns its sequence number. The kernel fills the first
+        reply skb inside this call (netlink_dump_start), walking the hash tables until
+        it has something to send or reaches their end."""
         self._seq = (self._seq % 0x7FFFFFFF) + 1
-        seq = self._seq
-        self.sock.send(build_request(family, states, seq))
+        self.sock.send(build_request(family, states, self._seq, bytecode))
+        return self._seq
+
+    def receive(self, seq: int, family: int, consumer: BatchConsumer) -> None:
+        """Receive and decode the replies to request `seq` (see `dump`)."""
         free: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
         filled: queue.SimpleQueue[tuple[bytearray, int, bool] | BaseException] = queue.SimpleQueue()
         verdicts: queue.SimpleQueue[bool] = queue.SimpleQueue()
@@ -185,29 +199,75 @@ def _ends_dump(buffer: bytearray, start: int, end: int, seq: int, pid: int) -> b
 def dump_all(
     consumer: BatchConsumer,
     families: tuple[int, ...] = FAMILIES,
-    retries: int = 1,
+    bytecode: bytes = b"",
 ) -> dict[int, str]:
     """Listeners first, then every other TCP socket, for each family, into `consumer`.
 
-    The consumer must be fresh: a dump interrupted by NLM_F_DUMP_INTR is retried `retries`
-    times from scratch with a new consumer state (the caller builds a new one and calls
-    again when DumpInterrupted escapes). Returns the families the kernel does not support
-    (errno text by family), e.g. AF_INET6 when IPv6 is disabled: those are absent, not 0.
+    The kernel filters with the state bitmask, and with `bytecode` (an
+    INET_DIAG_REQ_BYTECODE program) for the non-listening sockets. DumpInterrupted escapes
+    when the kernel flags the dump as inconsistent: the caller retries with a fresh
+    consumer. Returns the families the kernel does not support (errno text by family),
+    e.g. AF_INET6 when IPv6 is disabled: those are absent, not 0.
     """
     unsupported: dict[int, str] = {}
+    listening, others = 1 << TCP_LISTEN, ALL_STATES & ~(1 << TCP_LISTEN)
     with DiagSocket() as diag:
-        for states in (1 << TCP_LISTEN, ALL_STATES & ~(1 << TCP_LISTEN)):
-            for family in families:
-                if family in unsupported:
-                    continue
-                try:
-                    diag.dump(family, states, consumer)
-                except DiagProtocolError as exc:
-                    if family == socket.AF_INET6 and _is_missing_family(exc):
-                        unsupported[family] = str(exc)
-                        continue
-                    raise
+        for family in families:
+            _guard(family, unsupported, functools.partial(diag.dump, family, listening, consumer))
+        # Each dump walks the whole established hash in the kernel, whatever the family;
+        # AF_INET6's walk mostly finds nothing to send and so runs entirely inside its
+        # request. Sending that request from a second socket in a thread overlaps it with
+        # the AF_INET dump and its decoding (the second core would sit idle otherwise).
+        with DiagSocket(buffers=diag.buffers) as early:
+            ahead = [f for f in families[1:] if f not in unsupported]
+            sent: dict[int, int | BaseException] = {}
+            sender = threading.Thread(
+                target=_send_all,
+                args=(early, ahead, others, bytecode, sent),
+                daemon=True,
+                name="sockdiag-send",
+            )
+            sender.start()
+            try:
+                if families and families[0] not in unsupported:
+                    first = families[0]
+                    run = functools.partial(diag.dump, first, others, consumer, bytecode)
+                    _guard(first, unsupported, run)
+            finally:
+                sender.join()
+            for family in ahead:
+                outcome = sent[family]
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                run = functools.partial(early.receive, outcome, family, consumer)
+                _guard(family, unsupported, run)
     return unsupported
+
+
+def _send_all(
+    diag: DiagSocket,
+    families: list[int],
+    states: int,
+    bytecode: bytes,
+    sent: dict[int, int | BaseException],
+) -> None:
+    for family in families:
+        try:
+            sent[family] = diag.request(family, states, bytecode)
+        except BaseException as exc:
+            sent[family] = exc
+            return
+
+
+def _guard(family: int, unsupported: dict[int, str], run: Callable[[], None]) -> None:
+    """Run one dump; a family the kernel has no handler for is recorded, not raised."""
+    try:
+        run()
+    except DiagProtocolError as exc:
+        if family == socket.AF_INET6 and _is_missing_family(exc):
+            unsupported[family] = str(exc)
+            return
+        raise
 
 
 def _is_missing_family(exc: DiagProtocolError) -> bool:

@@ -23,6 +23,7 @@ from exporter.sources.inet_diag import (
     build_request,
     decode_batch,
     find_records,
+    port_filter_bytecode,
 )
 
 DUMPS = Path(__file__).parent.parent / "fixtures" / "sockdiag"
@@ -199,3 +200,16 @@ def test_short_nlmsg_error_is_an_error_not_a_crash() -> None:
     data = bytearray(header(16, NLMSG_ERROR, 0, 7, 99))
     with pytest.raises(DiagProtocolError, match="too short"):
         decode_batch(memoryview(data), len(data), 7, 99)
+
+
+def test_port_filter_program_layout() -> None:
+    """(sport >= 40000 and sport <= 40999) or sport = 80 or sport = 443, as ss compiles it:
+    every "yes" steps to the next op; failures jump to the next test or to end + 4."""
+    program = port_filter_bytecode(40000, 40999, (443, 80, 40500))
+    ops = [struct.unpack_from("=BBH", program, i) for i in range(0, len(program), 4)]
+    assert len(program) == 56  # 40500 lies in the range: not tested twice
+    assert ops == [
+        (2, 8, 20), (0, 0, 40000), (3, 8, 12), (0, 0, 40999), (1, 4, 40),
+        (2, 8, 20), (0, 0, 80), (3, 8, 12), (0, 0, 80), (1, 4, 20),
+        (2, 8, 20), (0, 0, 443), (3, 8, 12), (0, 0, 443),
+    ]  # fmt: skip
