@@ -6,8 +6,8 @@ run and the same namespace. As root, from a fresh clone:
 Per size: a fresh namespace filled by benchmarks/loadgen.c, then `--rounds` rounds in
 which every method runs once (the order rotates each round, so TIME-WAIT sockets expiring
 near the end of the 60 s window cost every method alike). Then, at the largest size, the
-latency of /metrics scrapes while polls run back to back; then the idle daemon's CPU with
-10,000 sockets at the default 15 s interval.
+latency of /metrics scrapes while polls run back to back; the decoders compared on one
+capture; the idle daemon's CPU with 10,000 sockets at the default 15 s interval.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.decoders import compare
 from benchmarks.load import Loaded, loaded_namespace
 from benchmarks.worker import process_cpu
 
@@ -273,6 +274,12 @@ def main() -> None:
     parser.add_argument("--scrape-seconds", type=float, default=10)
     parser.add_argument("--idle-seconds", type=float, default=60)
     parser.add_argument("--no-node-exporter", action="store_true")
+    parser.add_argument(
+        "--decoders",
+        type=int,
+        default=100_000,
+        help="connections for the decoder comparison (0: skip)",
+    )
     parser.add_argument("--markdown", type=Path, help="also write the report here")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -307,6 +314,10 @@ def main() -> None:
     report += ["### Summary", "", "| sockets | poll / floor | exporter peak RSS |", "|---|---|---|"]
     report += [f"| {s:,} | {r:.2f} | {rss / 2**20:.0f} MiB |" for s, r, rss in headline]
     report.append("")
+    if args.decoders > 0:
+        lines = compare(args.decoders, 10_000)
+        print("\n".join(lines), flush=True)
+        report += ["### Why numpy", "", *lines, ""]
     if args.scrape_seconds > 0:
         with loaded_namespace(max(sizes)) as loaded:
             lat = scrape_latency(loaded, args.scrape_seconds)

@@ -41,11 +41,13 @@ def in_daemon_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
 
     def target() -> None:
         try:
-            result = fn()
+            result: T | None = fn()
+            error: BaseException | None = None
         except BaseException as exc:
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
+            result, error = None, exc
+        # At shutdown the loop may close while a poll runs: nobody waits for it then.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, result, error)
 
     threading.Thread(target=target, name=name, daemon=True).start()
     return future
