@@ -127,18 +127,14 @@ def measure(loaded: Loaded, rounds: int, with_node: bool) -> dict[str, Result]:
     return results
 
 
-def scrape_latency(loaded: Loaded, seconds: float) -> dict[str, float]:
-    """Scrape /metrics every 20 ms while the daemon polls back to back (interval 0.1 s:
-    each poll overruns it, so a poll is nearly always running)."""
-    port = free_port()
-    daemon = subprocess.Popen(
+def start_daemon(loaded: Loaded, port: int, *flags: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
         loaded.exec(
             sys.executable,
             "-m",
             "exporter",
             "serve",
-            "--poll.interval",
-            "0.1",
+            *flags,
             "--web.listen-address",
             f"127.0.0.1:{port}",
             "--log.level",
@@ -148,6 +144,13 @@ def scrape_latency(loaded: Loaded, seconds: float) -> dict[str, float]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def scrape_latency(loaded: Loaded, seconds: float) -> dict[str, float]:
+    """Scrape /metrics every 20 ms while the daemon polls back to back (interval 0.1 s:
+    each poll overruns it, so a poll is nearly always running)."""
+    port = free_port()
+    daemon = start_daemon(loaded, port, "--poll.interval", "0.1")
     code = f"""
 import json, time, urllib.request
 url = "http://127.0.0.1:{port}/metrics"
@@ -195,21 +198,7 @@ print(json.dumps({{"lat": lat, "body": body}}))
 def idle_cpu(loaded: Loaded, seconds: float) -> dict[str, float]:
     """The daemon at the default 15 s interval: CPU used over `seconds`, after start-up."""
     port = free_port()
-    daemon = subprocess.Popen(
-        loaded.exec(
-            sys.executable,
-            "-m",
-            "exporter",
-            "serve",
-            "--web.listen-address",
-            f"127.0.0.1:{port}",
-            "--log.level",
-            "error",
-        ),
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    daemon = start_daemon(loaded, port)
     try:
         wait_http(loaded, f"http://127.0.0.1:{port}/metrics")
         pid = daemon.pid  # `ip netns exec` execs the daemon: same pid

@@ -51,6 +51,11 @@ SYSCTL_METRICS = {
 }
 
 
+def netns_gauge(name: str, text: str) -> GaugeMetricFamily:
+    """A gauge with only the netns label; HELP says the value is from the last poll."""
+    return GaugeMetricFamily(name, text + LAST_POLL, labels=["netns"])
+
+
 class SnapshotCollector(Collector):
     def __init__(self) -> None:
         self._snapshot: Snapshot | None = None
@@ -184,21 +189,18 @@ def _ports(results: list[SourceResult]) -> Iterator[Metric]:
         "TIME-WAIT sockets of an inbound bucket" + FOLDED + LAST_POLL,
         labels=INBOUND_LABELS,
     )
-    max_ratio = GaugeMetricFamily(
+    max_ratio = netns_gauge(
         "tcptw_outbound_port_utilization_max_ratio",
         "Highest used/capacity of any outbound bucket, before folding; TIME-WAIT sockets "
-        "that tcp_tw_reuse lets connect() take over are not counted as used" + LAST_POLL,
-        labels=["netns"],
+        "that tcp_tw_reuse lets connect() take over are not counted as used",
     )
-    in_use = GaugeMetricFamily(
+    in_use = netns_gauge(
         "tcptw_ephemeral_ports_in_use",
-        "Distinct local ports inside ip_local_port_range used by any socket" + LAST_POLL,
-        labels=["netns"],
+        "Distinct local ports inside ip_local_port_range used by any socket",
     )
-    available = GaugeMetricFamily(
+    available = netns_gauge(
         "tcptw_ephemeral_ports_available",
-        "Ports in ip_local_port_range minus ip_local_reserved_ports" + LAST_POLL,
-        labels=["netns"],
+        "Ports in ip_local_port_range minus ip_local_reserved_ports",
     )
     folded = GaugeMetricFamily(
         "tcptw_buckets_folded",
@@ -247,14 +249,12 @@ def _sockstat(results: list[SourceResult]) -> Iterator[Metric]:
     if not results:
         return
     gauges = {
-        name: GaugeMetricFamily(f"tcptw_sockstat_tcp_{name}", text + LAST_POLL, labels=["netns"])
+        name: netns_gauge(f"tcptw_sockstat_tcp_{name}", text)
         for name, text in SOCKSTAT_HELP.items()
     }
-    memory = GaugeMetricFamily(
+    memory = netns_gauge(
         "tcptw_sockstat_tcp_memory_bytes",
-        "TCP buffer memory, host-wide (/proc/net/sockstat mem pages times the page size)"
-        + LAST_POLL,
-        labels=["netns"],
+        "TCP buffer memory, host-wide (/proc/net/sockstat mem pages times the page size)",
     )
     for result in results:
         fields: dict[str, int] = result.data
@@ -270,23 +270,20 @@ def _sockstat(results: list[SourceResult]) -> Iterator[Metric]:
 def _sysctls(results: list[SourceResult]) -> Iterator[Metric]:
     if not results:
         return
-    port_min = GaugeMetricFamily(
+    port_min = netns_gauge(
         "tcptw_sysctl_ip_local_port_range_min",
-        "net.ipv4.ip_local_port_range: first ephemeral port" + LAST_POLL,
-        labels=["netns"],
+        "net.ipv4.ip_local_port_range: first ephemeral port",
     )
-    port_max = GaugeMetricFamily(
+    port_max = netns_gauge(
         "tcptw_sysctl_ip_local_port_range_max",
-        "net.ipv4.ip_local_port_range: last ephemeral port" + LAST_POLL,
-        labels=["netns"],
+        "net.ipv4.ip_local_port_range: last ephemeral port",
     )
-    reserved = GaugeMetricFamily(
+    reserved = netns_gauge(
         "tcptw_sysctl_ip_local_reserved_ports",
-        "Number of ports listed in net.ipv4.ip_local_reserved_ports" + LAST_POLL,
-        labels=["netns"],
+        "Number of ports listed in net.ipv4.ip_local_reserved_ports",
     )
     values = {
-        name: GaugeMetricFamily(f"tcptw_sysctl_{suffix}", text + LAST_POLL, labels=["netns"])
+        name: netns_gauge(f"tcptw_sysctl_{suffix}", text)
         for name, (suffix, text) in SYSCTL_METRICS.items()
     }
     for result in results:

@@ -168,34 +168,40 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str =
     raise AssertionError(f"timed out waiting for {what or predicate}")
 
 
-def time_wait_pairs(
-    netns: Netns, listener: socket.socket, count: int, local: str = "", family: int = socket.AF_INET
+def closed_pairs(
+    netns: Netns,
+    listener: socket.socket,
+    count: int,
+    client_first: bool,
+    local: str = "",
+    family: int = socket.AF_INET,
 ) -> None:
-    """`count` connections to `listener` that the client closes first: each client socket
-    ends in TIME-WAIT, each accepted one closes after it (LAST-ACK, then gone)."""
+    """`count` connections to `listener`, closed by the client first (TIME-WAIT on the
+    client's ephemeral port) or by the server first (TIME-WAIT on the accepted socket);
+    the other side closes once it has read the FIN, so nothing else is left."""
     remote = listener.getsockname()[:2]
     for _ in range(count):
         client = connect(netns, local, remote, family)
         server, _ = listener.accept()
-        client.close()
-        _read_eof(server)
-        server.close()
+        first, second = (client, server) if client_first else (server, client)
+        first.close()
+        _read_eof(second)
+        second.close()
         netns.held.remove(client)
+
+
+def time_wait_pairs(
+    netns: Netns, listener: socket.socket, count: int, local: str = "", family: int = socket.AF_INET
+) -> None:
+    """Outbound TIME-WAIT: the client closes first."""
+    closed_pairs(netns, listener, count, True, local, family)
 
 
 def server_closes_first(
     netns: Netns, listener: socket.socket, count: int, local: str = "", family: int = socket.AF_INET
 ) -> None:
-    """`count` connections that the server side closes first: TIME-WAIT on the accepted
-    (inbound) socket."""
-    remote = listener.getsockname()[:2]
-    for _ in range(count):
-        client = connect(netns, local, remote, family)
-        server, _ = listener.accept()
-        server.close()
-        _read_eof(client)
-        client.close()
-        netns.held.remove(client)
+    """Inbound TIME-WAIT: the accepted socket closes first."""
+    closed_pairs(netns, listener, count, False, local, family)
 
 
 def _read_eof(sock: socket.socket) -> None:
