@@ -102,6 +102,22 @@ def test_prefix_grouping_and_inbound_port_filter(netns: Netns) -> None:
     assert {key[1] for key in inbound} == {"8080"}  # 9090's inbound bucket is not kept
 
 
+def test_ipv6_prefix_grouping() -> None:
+    options = BucketOptions(ipv6_prefix=64)
+    tally = BucketTally((LOW, HIGH), options)
+    local = address_bytes("v6", 0, 1)
+    rows = [
+        ("v6", TCP_TIME_WAIT, local, LOW + i, address_bytes("v6", 0, (0x20010DB8 << 96) | i), 443)
+        for i in range(1, 4)
+    ] + [("v6", 1, local, LOW + 9, address_bytes("v6", 0, (0x20010DB9 << 96) | 1), 443)]
+    tally.add(make_batch(rows))
+    usage = summarize(tally, PortPolicy((LOW, HIGH), (), 0, 1), options)
+    assert {(r.remote_addr, r.sockets, r.timewait) for r in usage.outbound} == {
+        ("2001:db8::/64", 3, 3),
+        ("2001:db9::/64", 1, 0),
+    }
+
+
 # -- property-based tests on generated socket tables -------------------------------------
 
 LOW, HIGH = 40000, 40011

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from exporter.sources import PAGE_SIZE
 from exporter.sources.netstat import DEFAULT_FIELDS, parse_netstat, snake_case
+from exporter.sources.slab import CACHES, read_sysfs_cache
 from tests.conftest import FIXTURES
 from tests.exposition import samples, series, value
 from tests.kernel import Netns, populate_all_states, time_wait_pairs
@@ -80,6 +82,33 @@ def test_dump_in_namespace_equals_kernel(netns: Netns) -> None:
     merged = {dict(k)["cache"]: dict(k)["merged"] for k in slab}
     for cache, flag in merged.items():
         assert flag == ("true" if Path(f"/sys/kernel/slab/{cache}").is_symlink() else "false")
+
+
+def test_dump_slab_figures_equal_sys_kernel_slab(netns: Netns) -> None:
+    """Slab caches are host-wide and move with every socket on the machine: a cache counts
+    only when /sys/kernel/slab reads the same just before and after the dump."""
+    sysfs = Path("/sys/kernel/slab")
+    compared: set[str] = set()
+    for _ in range(20):
+        before = {name: read_sysfs_cache(sysfs, name, PAGE_SIZE) for name in CACHES}
+        parsed = samples(netns.exporter("dump", "--no-collector.sockdiag").stdout)
+        after = {name: read_sysfs_cache(sysfs, name, PAGE_SIZE) for name in CACHES}
+        for name, cache in before.items():
+            if cache is None or cache != after[name]:
+                continue
+            labels = {
+                "cache": name,
+                "merged": "true" if cache.merged else "false",
+                "shared_cache": cache.shared_cache,
+            }
+            assert value(parsed, "tcptw_slab_objects", **labels) == cache.objects
+            assert value(parsed, "tcptw_slab_active_objects", **labels) == cache.active_objects
+            assert value(parsed, "tcptw_slab_object_size_bytes", **labels) == cache.object_size
+            assert value(parsed, "tcptw_slab_memory_bytes", **labels) == cache.memory_bytes
+            compared.add(name)
+        if compared == {name for name, cache in before.items() if cache is not None}:
+            break
+    assert {"tw_sock_TCP", "tcp_bind_bucket"} <= compared  # one plain, one merged here
 
 
 def test_time_wait_overflow_is_counted(netns: Netns) -> None:

@@ -114,4 +114,3 @@ def test_prometheus_scrapes_the_exporter_and_our_alerts_go_pending(
         for proc in (server, daemon):
             proc.terminate()
             proc.wait(timeout=10)
-

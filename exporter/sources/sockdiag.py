@@ -40,9 +40,10 @@ from exporter.sources.inet_diag import (
 BATCH_BYTES = 1 << 20  # decode once this much is buffered
 BUFFERS = 3  # one being filled, one being decoded, one spare
 RECV_WINDOW = 64 << 10  # > the largest dump skb (32 KiB), so no reply is ever truncated
-# The kernel queues one dump skb per recvmsg() (netlink_recvmsg refills while
-# sk_rmem_alloc <= sk_rcvbuf / 2), so a large SO_RCVBUF buys nothing for dumps; 1 MiB leaves
-# room for the skb being filled plus the one being read, with margin.
+# During a dump the kernel fills at most one more skb per recvmsg(), and only while
+# sk_rmem_alloc <= sk_rcvbuf / 2 (netlink_recvmsg), so a large SO_RCVBUF buys nothing; 1 MiB
+# is set explicitly so the host's rmem_default does not matter, with room for the skb being
+# filled plus the one being read.
 RCVBUF_BYTES = 1 << 20
 RECV_TIMEOUT = 10  # seconds
 FAMILIES = (socket.AF_INET, socket.AF_INET6)
