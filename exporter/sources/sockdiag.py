@@ -47,7 +47,6 @@ RECV_WINDOW = 64 << 10  # > the largest dump skb (32 KiB), so no reply is ever t
 RCVBUF_BYTES = 1 << 20
 RECV_TIMEOUT = 10  # seconds
 FAMILIES = (socket.AF_INET, socket.AF_INET6)
-_TAIL = struct.Struct("=IHHII")
 
 
 class BatchConsumer(Protocol):
@@ -189,11 +188,11 @@ def _ends_dump(buffer: bytearray, start: int, end: int, seq: int, pid: int) -> b
     positive only costs a round trip between the two threads."""
     if end - start < NLMSG_HDR.size:
         return True
-    if _TAIL.unpack_from(buffer, start)[1] == NLMSG_ERROR:
+    if NLMSG_HDR.unpack_from(buffer, start)[1] == NLMSG_ERROR:
         return True
     if end - start < NLMSG_HDR.size + 4:
         return False
-    length, kind, _, tail_seq, tail_pid = _TAIL.unpack_from(buffer, end - 20)
+    length, kind, _, tail_seq, tail_pid = NLMSG_HDR.unpack_from(buffer, end - 20)
     return bool(kind == NLMSG_DONE and length == 20 and tail_seq == seq and tail_pid == pid)
 
 
