@@ -51,8 +51,11 @@ class Poller:
         elif "sockdiag" in cfg.collectors:
             try:
                 sysctls = read_sysctls(netns)
-            except SourceError:
+            except SourceError as exc:
                 sysctls = None
+                self._note(netns.label, "sysctl", f"needed for buckets: {exc}")
+            else:
+                self._note(netns.label, "sysctl", "")
         policy = port_policy(sysctls)
         sources: dict[str, Callable[[], Any]] = {
             "sockdiag": lambda: collect_socket_stats(policy, cfg.buckets),
