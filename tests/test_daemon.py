@@ -8,6 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from exporter.collector import SnapshotCollector
 from exporter.config import Config
 from exporter.daemon import poll_forever
@@ -39,20 +41,29 @@ class SlowPoller(Poller):
                 self.polls += 1
 
 
-def test_overrunning_polls_never_overlap_and_are_counted(tree: Path) -> None:
-    config = Config(
+@pytest.fixture
+def config(tree: Path) -> Config:
+    return Config(
         procfs=tree / "proc", sysfs=tree / "sys", netns_name="t", collectors=frozenset({"sockstat"})
     )
-    poller = SlowPoller(config, delay=0.05)
+
+
+def run_for(poller: Poller, interval: float, seconds: float) -> SnapshotCollector:
+    """Run the real poll loop for `seconds`, then cancel it; the collector it fed."""
     collector = SnapshotCollector()
 
     async def run() -> None:
-        task = asyncio.create_task(poll_forever(poller, collector, interval=0.01))
-        await asyncio.sleep(0.6)
+        task = asyncio.create_task(poll_forever(poller, collector, interval=interval))
+        await asyncio.sleep(seconds)
         task.cancel()
 
     asyncio.run(run())
-    snapshot = collector.snapshot
+    return collector
+
+
+def test_overrunning_polls_never_overlap_and_are_counted(config: Config) -> None:
+    poller = SlowPoller(config, delay=0.05)
+    snapshot = run_for(poller, interval=0.01, seconds=0.6).snapshot
     assert snapshot is not None
     assert poller.most_at_once == 1
     assert poller.polls >= 5
@@ -60,18 +71,8 @@ def test_overrunning_polls_never_overlap_and_are_counted(tree: Path) -> None:
     assert snapshot.results[0].ok
 
 
-def test_polls_within_the_interval_are_not_overruns(tree: Path) -> None:
-    config = Config(
-        procfs=tree / "proc", sysfs=tree / "sys", netns_name="t", collectors=frozenset({"sockstat"})
-    )
+def test_polls_within_the_interval_are_not_overruns(config: Config) -> None:
     poller = SlowPoller(config, delay=0.0)
-    collector = SnapshotCollector()
-
-    async def run() -> None:
-        task = asyncio.create_task(poll_forever(poller, collector, interval=0.1))
-        await asyncio.sleep(0.55)
-        task.cancel()
-
-    asyncio.run(run())
+    collector = run_for(poller, interval=0.1, seconds=0.55)
     assert collector.snapshot is not None and collector.snapshot.poll_overruns == 0
     assert 5 <= poller.polls <= 7

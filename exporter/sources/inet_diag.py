@@ -16,6 +16,7 @@ receive buffer with a handful of numpy operations and returns column arrays.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 from dataclasses import dataclass
@@ -195,9 +196,11 @@ def decode_batch(buf: memoryview, length: int, seq: int, pid: int) -> tuple[Batc
     short for inet_diag_msg, or a message type a sock_diag dump never sends.
     """
     offsets = find_records(buf, length, seq, pid)
-    raw = np.frombuffer(buf, dtype=np.uint8, count=length)
-    types = raw[offsets + 4].astype(np.uint16) | (raw[offsets + 5].astype(np.uint16) << 8)
-    flags = raw[offsets + 6]
+    # nlmsghdr words 0 and 1, host order: nlmsg_len, then nlmsg_type | nlmsg_flags << 16.
+    host_words = np.frombuffer(buf, dtype=np.uint32, count=length // 4)
+    header = host_words[(offsets >> 2)[:, None] + np.arange(2)]
+    types = header[:, 1] & 0xFFFF
+    flags = header[:, 1] >> 16
     done = False
     data = offsets
     if types.size and not bool(np.all(types == SOCK_DIAG_BY_FAMILY)):
@@ -226,11 +229,8 @@ def decode_batch(buf: memoryview, length: int, seq: int, pid: int) -> tuple[Batc
             raise DiagProtocolError(f"unexpected netlink message type {kind} in sock_diag dump")
         data = offsets[:first]
         flags = flags[:first]
-    if data.size:
-        lens = raw[data].astype(np.int64) | (raw[data + 1].astype(np.int64) << 8)
-        lens |= (raw[data + 2].astype(np.int64) << 16) | (raw[data + 3].astype(np.int64) << 24)
-        if int(lens.min()) < MIN_RECORD:
-            raise DiagProtocolError(f"inet_diag record shorter than {MIN_RECORD} bytes")
+    if data.size and int(header[: data.size, 0].min()) < MIN_RECORD:
+        raise DiagProtocolError(f"inet_diag record shorter than {MIN_RECORD} bytes")
     interrupted = bool(np.any(flags & NLM_F_DUMP_INTR))
     # Gather the 10 words at record offsets 16..56 (family, state, timer, retrans, sport,
     # dport, src[4], dst[4]); records start 4-byte aligned (NLMSG_ALIGN).
@@ -250,8 +250,6 @@ def decode_batch(buf: memoryview, length: int, seq: int, pid: int) -> tuple[Batc
 
 
 def _strerror(errno_value: int) -> str:
-    import os
-
     try:
         return os.strerror(errno_value)
     except ValueError:

@@ -196,12 +196,8 @@ def _ends_dump(buffer: bytearray, start: int, end: int, seq: int, pid: int) -> b
     return bool(kind == NLMSG_DONE and length == 20 and tail_seq == seq and tail_pid == pid)
 
 
-def dump_all(
-    consumer: BatchConsumer,
-    families: tuple[int, ...] = FAMILIES,
-    bytecode: bytes = b"",
-) -> dict[int, str]:
-    """Listeners first, then every other TCP socket, for each family, into `consumer`.
+def dump_all(consumer: BatchConsumer, bytecode: bytes = b"") -> dict[int, str]:
+    """Listeners of both families first, then every other TCP socket, into `consumer`.
 
     The kernel filters with the state bitmask, and with `bytecode` (an
     INET_DIAG_REQ_BYTECODE program) for the non-listening sockets. DumpInterrupted escapes
@@ -212,51 +208,37 @@ def dump_all(
     unsupported: dict[int, str] = {}
     listening, others = 1 << TCP_LISTEN, ALL_STATES & ~(1 << TCP_LISTEN)
     with DiagSocket() as diag:
-        for family in families:
+        for family in FAMILIES:
             _guard(family, unsupported, functools.partial(diag.dump, family, listening, consumer))
+        if socket.AF_INET6 in unsupported:
+            diag.dump(socket.AF_INET, others, consumer, bytecode)
+            return unsupported
         # Each dump walks the whole established hash in the kernel, whatever the family;
         # AF_INET6's walk mostly finds nothing to send and so runs entirely inside its
         # request. Sending that request from a second socket in a thread overlaps it with
         # the AF_INET dump and its decoding (the second core would sit idle otherwise).
         with DiagSocket(buffers=diag.buffers) as early:
-            ahead = [f for f in families[1:] if f not in unsupported]
-            sent: dict[int, int | BaseException] = {}
+            sent: list[int | BaseException] = []
             sender = threading.Thread(
-                target=_send_all,
-                args=(early, ahead, others, bytecode, sent),
-                daemon=True,
-                name="sockdiag-send",
+                target=_send, args=(early, others, bytecode, sent), name="sockdiag-send"
             )
             sender.start()
             try:
-                if families and families[0] not in unsupported:
-                    first = families[0]
-                    run = functools.partial(diag.dump, first, others, consumer, bytecode)
-                    _guard(first, unsupported, run)
+                diag.dump(socket.AF_INET, others, consumer, bytecode)
             finally:
                 sender.join()
-            for family in ahead:
-                outcome = sent[family]
-                if isinstance(outcome, BaseException):
-                    raise outcome
-                run = functools.partial(early.receive, outcome, family, consumer)
-                _guard(family, unsupported, run)
+            if isinstance(sent[0], BaseException):
+                raise sent[0]
+            run = functools.partial(early.receive, sent[0], socket.AF_INET6, consumer)
+            _guard(socket.AF_INET6, unsupported, run)
     return unsupported
 
 
-def _send_all(
-    diag: DiagSocket,
-    families: list[int],
-    states: int,
-    bytecode: bytes,
-    sent: dict[int, int | BaseException],
-) -> None:
-    for family in families:
-        try:
-            sent[family] = diag.request(family, states, bytecode)
-        except BaseException as exc:
-            sent[family] = exc
-            return
+def _send(diag: DiagSocket, states: int, bytecode: bytes, sent: list[int | BaseException]) -> None:
+    try:
+        sent.append(diag.request(socket.AF_INET6, states, bytecode))
+    except BaseException as exc:
+        sent.append(exc)
 
 
 def _guard(family: int, unsupported: dict[int, str], run: Callable[[], None]) -> None:
