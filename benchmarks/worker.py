@@ -2,7 +2,10 @@
 reads one method name per line on stdin, times it, answers one JSON line.
 
   exporter  the exporter's full poll: dump, decode, state counts, buckets, capacity, snapshot
-  floor     the same sock_diag dumps (both families, all states) received and discarded
+  floor     the exporter's own sock_diag requests (one TCPDIAG_GETSOCK dump of listeners,
+            one of every other state, both families each) received and discarded
+  floor-v2  the per-family SOCK_DIAG_BY_FAMILY dumps (AF_INET, AF_INET6) ss makes,
+            received and discarded: two walks of the established hash
   ss-tw     ss -tan state time-wait >/dev/null
   ss-all    ss -tan >/dev/null
   node:PORT one scrape of node_exporter's tcpstat collector (started in the namespace)
@@ -22,23 +25,38 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from exporter.config import Config
+from exporter.config import NETNS_SELF, Config
 from exporter.poller import Poller
 from exporter.socket_stats import SocketStats
-from exporter.sources.inet_diag import ALL_STATES, NLMSG_DONE, NLMSG_HDR, build_request
-from exporter.sources.sockdiag import FAMILIES, DiagSocket
+from exporter.sources.inet_diag import (
+    ALL_STATES,
+    NLMSG_DONE,
+    NLMSG_HDR,
+    build_compat_request,
+    build_request,
+)
+from exporter.sources.sockdiag import LISTENING, NOT_LISTENING, DiagSocket
 
 
-def floor_dump() -> None:
-    """The kernel's cost: both dumps received into one 64 KiB buffer and thrown away."""
+def drain(diag: DiagSocket, requests: list[bytes]) -> None:
+    """Send each dump request in turn and receive its replies into one 64 KiB buffer."""
+    buffer = bytearray(65536)
+    for request in requests:
+        diag.sock.send(request)
+        while True:
+            n = diag.sock.recv_into(buffer)
+            if n >= 20 and NLMSG_HDR.unpack_from(buffer, n - 20)[:2] == (20, NLMSG_DONE):
+                break
+
+
+FLOOR_REQUESTS = [build_compat_request(LISTENING, 7), build_compat_request(NOT_LISTENING, 8)]
+FLOOR_V2_REQUESTS = [build_request(family, ALL_STATES, 9) for family in (2, 10)]
+
+
+def floor_dump(requests: list[bytes] = FLOOR_REQUESTS) -> None:
+    """The kernel's cost of the dumps, received and thrown away."""
     with DiagSocket() as diag:
-        buffer = bytearray(65536)
-        for family in FAMILIES:
-            diag.sock.send(build_request(family, ALL_STATES, 7))
-            while True:
-                n = diag.sock.recv_into(buffer)
-                if n >= 20 and NLMSG_HDR.unpack_from(buffer, n - 20)[:2] == (20, NLMSG_DONE):
-                    break
+        drain(diag, requests)
 
 
 def self_cpu() -> float:
@@ -69,7 +87,7 @@ def scrape(url: str) -> None:
 
 
 def main() -> None:
-    poller = Poller(Config(netns_name="bench"))
+    poller = Poller(Config(netns=NETNS_SELF, netns_name="bench"))
     timewait = [0]
 
     def exporter() -> None:
@@ -87,6 +105,8 @@ def main() -> None:
             fn = exporter
         elif method == "floor":
             fn = floor_dump
+        elif method == "floor-v2":
+            fn = functools.partial(floor_dump, FLOOR_V2_REQUESTS)
         elif method == "ss-tw":
             fn, cpu = run(["ss", "-tan", "state", "time-wait"]), children_cpu
         elif method == "ss-all":

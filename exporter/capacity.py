@@ -56,15 +56,34 @@ class InboundRow:
 
 
 @dataclass(frozen=True, slots=True)
+class Folded:
+    """Buckets summed into one `other` series, so that sums over series stay exact."""
+
+    buckets: int = 0
+    sockets: int = 0
+    timewait: int = 0
+    capacity: int = 0  # outbound: the sum of the folded buckets' capacities
+
+    def plus(self, sockets: int, timewait: int, capacity: int = 0) -> Folded:
+        return Folded(
+            self.buckets + 1, self.sockets + sockets, self.timewait + timewait,
+            self.capacity + capacity,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
 class PortUsage:
+    """One namespace's buckets. `outbound`/`inbound` hold its largest K buckets, the
+    candidates for the node-wide top K (select_node_top); the rest is already folded."""
+
     capacity: int  # per outbound bucket
     ephemeral_in_use: int
     ephemeral_available: int
     max_ratio: float  # over every outbound bucket, before folding
-    outbound: tuple[OutboundRow, ...]  # top K, then one "other" row when any was folded
+    outbound: tuple[OutboundRow, ...]  # largest first
     inbound: tuple[InboundRow, ...]
-    outbound_folded: int
-    inbound_folded: int
+    outbound_rest: Folded = Folded()
+    inbound_rest: Folded = Folded()
 
 
 def reserved_mask(policy: PortPolicy) -> npt.NDArray[np.bool_]:
@@ -135,41 +154,70 @@ def summarize(tally: BucketTally, policy: PortPolicy, options: BucketOptions) ->
         return options.ipv6_prefix if v6 else options.ipv4_prefix
 
     kept, folded = _top(tally.counts.outbound, options)
-    outbound = [
+    outbound = tuple(
         OutboundRow(
             _address(v6, local), _address(v6, remote, prefix(v6)), str(port), n, tw, capacity
         )
         for (v6, local, port, remote), (n, tw) in kept
-    ]
-    if folded:
-        outbound.append(
-            OutboundRow(
-                OTHER,
-                OTHER,
-                OTHER,
-                sum(c[0] for c in folded),
-                sum(c[1] for c in folded),
-                capacity * len(folded),
-            )
-        )
+    )
     kept_in, folded_in = _top(tally.counts.inbound, options)
-    inbound = [
+    inbound = tuple(
         InboundRow(_address(v6, local), str(port), _address(v6, remote, prefix(v6)), n, tw)
         for (v6, local, port, remote), (n, tw) in kept_in
-    ]
-    if folded_in:
-        inbound.append(
-            InboundRow(
-                OTHER, OTHER, OTHER, sum(c[0] for c in folded_in), sum(c[1] for c in folded_in)
-            )
-        )
+    )
     return PortUsage(
         capacity=capacity,
         ephemeral_in_use=int(tally.port_used.sum()),
         ephemeral_available=ephemeral_available(policy),
         max_ratio=max_ratio,
-        outbound=tuple(outbound),
-        inbound=tuple(inbound),
-        outbound_folded=len(folded),
-        inbound_folded=len(folded_in),
+        outbound=outbound,
+        inbound=inbound,
+        outbound_rest=Folded(
+            len(folded),
+            sum(c[0] for c in folded),
+            sum(c[1] for c in folded),
+            capacity * len(folded),
+        ),
+        inbound_rest=Folded(
+            len(folded_in), sum(c[0] for c in folded_in), sum(c[1] for c in folded_in)
+        ),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeBuckets:
+    """The node-wide top K of each direction, and per namespace what was folded."""
+
+    outbound: list[tuple[str, OutboundRow]]
+    inbound: list[tuple[str, InboundRow]]
+    outbound_other: dict[str, Folded]  # only namespaces with something folded
+    inbound_other: dict[str, Folded]
+
+
+def select_node_top(usages: list[tuple[str, PortUsage]], top: int) -> NodeBuckets:
+    """Keep the `top` largest buckets of the whole node per direction: outbound ranked by
+    used/capacity (capacities differ between namespaces), inbound by sockets. Every
+    other candidate joins its namespace's `other` series, next to what the namespace
+    folded already, so per-namespace sums stay exact. Ties break on the labels, so the
+    choice is stable from poll to poll."""
+
+    def out_key(item: tuple[str, OutboundRow]) -> tuple[float, int, str, str, str, str]:
+        netns, row = item
+        ratio = row.sockets / row.capacity if row.capacity else float("inf")
+        return (-ratio, -row.sockets, netns, row.local_addr, row.remote_addr, row.remote_port)
+
+    def in_key(item: tuple[str, InboundRow]) -> tuple[int, str, str, str, str]:
+        netns, row = item
+        return (-row.sockets, netns, row.local_addr, row.local_port, row.remote_addr)
+
+    outbound = sorted(((n, r) for n, u in usages for r in u.outbound), key=out_key)
+    inbound = sorted(((n, r) for n, u in usages for r in u.inbound), key=in_key)
+    out_other = {n: u.outbound_rest for n, u in usages if u.outbound_rest.buckets}
+    in_other = {n: u.inbound_rest for n, u in usages if u.inbound_rest.buckets}
+    for netns, row in outbound[top:]:
+        rest = out_other.get(netns, Folded())
+        out_other[netns] = rest.plus(row.sockets, row.timewait, row.capacity)
+    for netns, irow in inbound[top:]:
+        out = in_other.get(netns, Folded())
+        in_other[netns] = out.plus(irow.sockets, irow.timewait)
+    return NodeBuckets(outbound[:top], inbound[:top], out_other, in_other)

@@ -15,17 +15,11 @@ from prometheus_client.registry import CollectorRegistry
 from exporter import __version__, log
 from exporter.buckets import BucketOptions
 from exporter.collector import SnapshotCollector
-from exporter.config import SOURCES, Config
+from exporter.config import NETNS_ALL, NETNS_SELF, Config
+from exporter.context import raise_fd_limit
 from exporter.poller import Poller
+from exporter.registry import COLLECTORS
 from exporter.sources.netstat import DEFAULT_FIELDS
-
-SOURCE_HELP = {
-    "sockdiag": "TCP sockets per state from netlink sock_diag (needs root for INET_DIAG_MARK)",
-    "netstat": "TcpExt counters from /proc/net/netstat",
-    "sockstat": "the TCP line of /proc/net/sockstat",
-    "sysctl": "TIME-WAIT and port-range sysctls from /proc/sys/net/ipv4",
-    "slab": "tw_sock_TCP/tcp_bind_bucket slab caches (/proc/slabinfo or /sys/kernel/slab)",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
         dest="poll_interval",
         type=float,
         default=15.0,
-        help="seconds between polls (default 15)",
+        help="seconds between polls (default 15); a poll starts no new namespace after "
+        "this long, and the ones left over keep their last figures",
+    )
+    poll.add_argument(
+        "--poll.workers",
+        dest="poll_workers",
+        type=int,
+        default=2,
+        help="threads that poll namespaces side by side (default 2)",
+    )
+    poll.add_argument(
+        "--netns",
+        dest="netns",
+        default=NETNS_ALL,
+        help="which network namespaces: all (default: every one on the node), self (the "
+        "exporter's own), or a comma-separated list of netns labels",
     )
     paths = parser.add_argument_group("paths")
     paths.add_argument(
@@ -70,10 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--path.sysfs", dest="sysfs", default="/sys", help="sysfs mount point (default /sys)"
     )
     paths.add_argument(
-        "--path.run-netns",
-        dest="run_netns",
-        default="/run/netns",
-        help="directory of named namespaces, for netns labels (default /run/netns)",
+        "--path.pod-logs",
+        dest="pod_logs",
+        default="/var/log/pods",
+        help="kubelet's pod log directory, for pod names (default /var/log/pods)",
     )
     paths.add_argument(
         "--netns.name",
@@ -82,13 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="netns label of the exporter's own namespace (default: detect)",
     )
     collectors = parser.add_argument_group("collectors")
-    for source in SOURCES:
+    for source, text in COLLECTORS.items():
         collectors.add_argument(
             f"--collector.{source}",
             dest=f"collector_{source}",
             action=argparse.BooleanOptionalAction,
             default=True,
-            help=SOURCE_HELP[source],
+            help=text,
         )
     collectors.add_argument(
         "--collector.netstat.fields",
@@ -102,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="buckets_top",
         type=int,
         default=20,
-        help="largest buckets kept per metric and namespace; the rest are "
-        "summed into one 'other' series (default 20)",
+        help="largest buckets kept per direction across the whole node; the rest are "
+        "summed into one 'other' series per namespace (default 20)",
     )
     buckets.add_argument(
         "--buckets.min-sockets",
@@ -164,15 +173,28 @@ def bucket_options(args: argparse.Namespace) -> BucketOptions:
     )
 
 
+def netns_selection(text: str) -> str | frozenset[str]:
+    if text in (NETNS_ALL, NETNS_SELF):
+        return text
+    labels = frozenset(word.strip() for word in text.split(",") if word.strip())
+    if not labels:
+        raise ValueError("--netns takes all, self, or a comma-separated list of netns labels")
+    return labels
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
+    if args.poll_workers < 1:
+        raise ValueError("--poll.workers must be at least 1")
     return Config(
         procfs=Path(args.procfs),
         sysfs=Path(args.sysfs),
-        run_netns=Path(args.run_netns),
+        pod_logs=Path(args.pod_logs),
+        netns=netns_selection(args.netns),
         netns_name=args.netns_name,
-        collectors=frozenset(s for s in SOURCES if getattr(args, f"collector_{s}")),
+        collectors=frozenset(s for s in COLLECTORS if getattr(args, f"collector_{s}")),
         netstat_fields=re.compile(args.netstat_fields),
         poll_interval=args.poll_interval,
+        poll_workers=args.poll_workers,
         listen_address=args.listen_address,
         telemetry_path=args.telemetry_path,
         log_level=args.log_level,
@@ -183,8 +205,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def dump(config: Config) -> int:
     """One poll, exposition on stdout. Exit 1 only when no source at all could be read."""
-    snapshot = Poller(config).poll_once()
-    collector = SnapshotCollector()
+    poller = Poller(config)
+    snapshot = poller.poll_once()
+    poller.close()
+    collector = SnapshotCollector(config)
     collector.update(snapshot)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
@@ -205,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.poll_interval <= 0:
         parser.error("--poll.interval must be positive")
     log.configure(config.log_level, config.log_format)
+    raise_fd_limit()  # each namespace keeps its descriptors open between polls
     if args.command == "dump":
         return dump(config)
     from exporter import daemon

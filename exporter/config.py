@@ -8,20 +8,27 @@ from pathlib import Path
 
 from exporter.buckets import BucketOptions
 
-SOURCES = ("sockdiag", "netstat", "sockstat", "sysctl", "slab")
+NETNS_ALL = "all"
+NETNS_SELF = "self"
 
 
 @dataclass(frozen=True)
 class Config:
     procfs: Path = Path("/proc")
     sysfs: Path = Path("/sys")
-    run_netns: Path = Path("/run/netns")
+    pod_logs: Path = Path("/var/log/pods")
+    # "all" (every namespace of the node), "self" (the exporter's own), or labels.
+    netns: str | frozenset[str] = NETNS_ALL
     netns_name: str | None = None  # label of the exporter's own namespace; None: detect
-    collectors: frozenset[str] = frozenset(SOURCES)
+    collectors: frozenset[str] | None = None  # None: every source
     netstat_fields: re.Pattern[str] = field(default_factory=lambda: re.compile(".*"))
     poll_interval: float = 15.0
+    poll_workers: int = 2
     listen_address: str = ":9961"
     telemetry_path: str = "/metrics"
     log_level: str = "info"
     log_format: str = "auto"
     buckets: BucketOptions = field(default_factory=BucketOptions)
+
+    def enabled(self, source: str) -> bool:
+        return self.collectors is None or source in self.collectors

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import signal
 import threading
 import time
@@ -18,6 +19,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter.collector import SnapshotCollector
 from exporter.config import Config
+from exporter.exposition import Exposition
 from exporter.poller import Poller
 from exporter.server import MetricsServer
 
@@ -53,19 +55,30 @@ def in_daemon_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
     return future
 
 
-async def poll_forever(poller: Poller, collector: SnapshotCollector, interval: float) -> None:
+async def poll_forever(
+    poller: Poller,
+    collector: SnapshotCollector,
+    interval: float,
+    exposition: Exposition | None = None,
+) -> None:
     """Poll every `interval` seconds; a poll that outlasts the interval delays the next
-    one (polls never overlap) and counts as an overrun."""
+    one (polls never overlap) and counts as an overrun. Each poll is given the interval
+    as its budget (see poller.py) and is rendered in its own thread."""
     overruns = 0
     next_start = time.monotonic()
+
+    def poll_and_render(overruns: int) -> None:
+        snapshot = poller.poll_once(budget=interval)
+        collector.update(dataclasses.replace(snapshot, poll_overruns=overruns))
+        if exposition is not None:
+            exposition.refresh()
+
     while True:
         started = time.monotonic()
         try:
-            snapshot = await in_daemon_thread(poller.poll_once, "poll")
+            await in_daemon_thread(functools.partial(poll_and_render, overruns), "poll")
         except Exception:
             log.exception("poll failed")
-        else:
-            collector.update(dataclasses.replace(snapshot, poll_overruns=overruns))
         finished = time.monotonic()
         next_start += interval
         if finished > next_start:
@@ -77,17 +90,20 @@ async def poll_forever(poller: Poller, collector: SnapshotCollector, interval: f
 
 async def serve(config: Config) -> None:
     poller = Poller(config)
-    collector = SnapshotCollector()
+    collector = SnapshotCollector(config)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
-    server = await MetricsServer(registry, config.telemetry_path).start(config.listen_address)
+    exposition = Exposition(registry)
+    server = await MetricsServer(exposition, config.telemetry_path).start(config.listen_address)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     addresses = [sock.getsockname()[:2] for sock in server.sockets]
     log.info("listening", addresses=[f"{a[0]}:{a[1]}" for a in addresses])
-    poll_task = asyncio.create_task(poll_forever(poller, collector, config.poll_interval))
+    poll_task = asyncio.create_task(
+        poll_forever(poller, collector, config.poll_interval, exposition)
+    )
     await stop.wait()
     log.info("shutting down")
     poll_task.cancel()

@@ -1,7 +1,9 @@
-"""Which network namespace: labels, and entering one from a worker thread.
+"""Entering a network namespace from a worker thread.
 
 setns(2) changes the namespace of the calling thread only, so a worker thread can enter
 a namespace, open its netlink socket and /proc/thread-self/net files there, and leave.
+setns needs CAP_SYS_ADMIN (in the user namespace owning the target), even to re-enter the
+namespace the thread is already in.
 """
 
 from __future__ import annotations
@@ -9,12 +11,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from pyroute2 import netns as pyroute2_netns
 
-# Since Linux 6.x the initial namespaces have fixed inode numbers (include/linux/proc_ns.h,
-# PROC_NET_INIT_INO); older kernels are recognised through /proc/1/ns/net.
+# Since Linux 3.8 the initial namespaces have fixed inode numbers (include/linux/proc_ns.h,
+# PROC_NET_INIT_INO); /proc/1/ns/net is checked as well (discovery.py).
 PROC_NET_INIT_INO = 0xEFFFFFF9
 
 
@@ -25,21 +26,6 @@ def namespace_inode(path: str) -> int | None:
         return None
 
 
-def label_for_inode(inode: int, run_netns: Path, procfs: Path) -> str:
-    """The `netns` label: the name under /run/netns, "host" for the initial namespace,
-    otherwise "ino-<inode>"."""
-    try:
-        names = sorted(os.listdir(run_netns))
-    except OSError:
-        names = []
-    for name in names:
-        if namespace_inode(str(run_netns / name)) == inode:
-            return name
-    if inode in (PROC_NET_INIT_INO, namespace_inode(str(procfs / "1" / "ns" / "net"))):
-        return "host"
-    return f"ino-{inode}"
-
-
 def own_inode() -> int:
     inode = namespace_inode("/proc/thread-self/ns/net")
     if inode is None:
@@ -48,24 +34,32 @@ def own_inode() -> int:
 
 
 def setns(fd: int) -> None:
-    # flags=0: never create a namespace; an fd argument is used as is (not closed).
+    # flags=0 with an fd: pyroute2 passes it to setns(2) as is; it never creates or
+    # mounts a namespace on this path (it would for a missing *name*).
     pyroute2_netns.setns(fd, flags=0)
 
 
 @contextmanager
-def entered(path: str) -> Iterator[None]:
-    """Run the body in the namespace at `path` (a /run/netns file or /proc/PID/ns/net),
-    then return the calling thread to the namespace it was in."""
+def entered_fd(fd: int) -> Iterator[None]:
+    """Run the body in the namespace `fd` refers to, then return the calling thread to
+    the namespace it was in."""
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            setns(target)
-        finally:
-            os.close(target)
+        setns(fd)
         try:
             yield
         finally:
             setns(home)
     finally:
         os.close(home)
+
+
+@contextmanager
+def entered(path: str) -> Iterator[None]:
+    """Run the body in the namespace at `path` (a /run/netns file or /proc/PID/ns/net)."""
+    target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with entered_fd(target):
+            yield
+    finally:
+        os.close(target)

@@ -1,16 +1,16 @@
 """A minimal asyncio HTTP/1.1 server: the exposition at the telemetry path, a landing page
-at /, 404 elsewhere. Rendering reads the latest snapshot only, so a scrape never waits
-for a poll in progress."""
+at /, 404 elsewhere. The body is rendered once per poll (exposition.py), so a scrape never
+waits for a poll in progress and never renders on the event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
 
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.registry import CollectorRegistry
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from exporter.exposition import Exposition
 
 log = structlog.get_logger("timewait_exporter.server")
 
@@ -28,8 +28,8 @@ def parse_listen_address(address: str) -> tuple[str | None, int]:
 
 
 class MetricsServer:
-    def __init__(self, registry: CollectorRegistry, telemetry_path: str) -> None:
-        self.registry = registry
+    def __init__(self, exposition: Exposition, telemetry_path: str) -> None:
+        self.exposition = exposition
         self.telemetry_path = telemetry_path
         self.landing = (
             "<html><head><title>timewait-exporter</title></head><body>"
@@ -73,11 +73,9 @@ class MetricsServer:
             await self.send(writer, 405, "text/plain; charset=utf-8", b"method not allowed\n")
             return
         if path == self.telemetry_path:
-            body = generate_latest(self.registry)
-            extra = {}
-            if "gzip" in headers.get("accept-encoding", ""):
-                body = gzip.compress(body, compresslevel=1)
-                extra["Content-Encoding"] = "gzip"
+            gzipped = "gzip" in headers.get("accept-encoding", "")
+            body = self.exposition.body(gzipped)
+            extra = {"Content-Encoding": "gzip"} if gzipped else {}
             await self.send(writer, 200, CONTENT_TYPE_LATEST, body, extra, method == "HEAD")
         elif path == "/":
             await self.send(writer, 200, "text/html; charset=utf-8", self.landing)

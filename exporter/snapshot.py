@@ -1,19 +1,35 @@
-"""One immutable snapshot per poll: what every source returned, or why it failed."""
+"""One immutable snapshot per poll: what every source returned, or why it failed, and
+which namespaces were polled."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+
+HOST = ""  # the `netns` of host-wide results (slab, sockstat's global counters)
 
 
 @dataclass(frozen=True, slots=True)
 class SourceResult:
     source: str
-    netns: str  # "" for host-wide sources (slab)
+    netns: str  # the namespace label; HOST for host-wide sources
     ok: bool
     duration_seconds: float
-    data: Any = None  # the source's immutable result when ok
+    # The source's immutable result when ok: the type its registry entry's read returns.
+    data: object = None
     error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceInfo:
+    label: str
+    inode: int | None
+    k8s_namespace: str = ""
+    k8s_pod_name: str = ""
+    k8s_pod_uid: str = ""
+    # Unix start time of the poll whose figures are shown; None: never read yet.
+    read_at: float | None = None
+    duration_seconds: float = 0.0  # of its last poll
+    outcome: str = "dumped"  # dumped, skipped (no TCP socket), deferred, failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,8 +37,8 @@ class Snapshot:
     results: tuple[SourceResult, ...]
     started_at: float  # unix time the poll started
     duration_seconds: float
+    namespaces: tuple[NamespaceInfo, ...] = ()
     poll_overruns: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def successful(self, source: str) -> list[SourceResult]:
         return [r for r in self.results if r.source == source and r.ok]

@@ -19,7 +19,7 @@ from exporter.sources.inet_diag import (
     DumpInterrupted,
     port_filter_bytecode,
 )
-from exporter.sources.sockdiag import dump_all
+from exporter.sources.sockdiag import Buffers, DiagSocket, dump_all
 
 _FAMILY_INDEX = {socket.AF_INET: 0, socket.AF_INET6: 1}
 _FAMILY_BY_INDEX = {0: socket.AF_INET, 1: socket.AF_INET6}
@@ -29,12 +29,14 @@ _FAMILY_BY_INDEX = {0: socket.AF_INET, 1: socket.AF_INET6}
 class SocketStats:
     # (family name, state name) → sockets; every state of every dumped family is present.
     states: dict[tuple[str, str], int]
-    # Families the kernel refused to dump (IPv6 disabled): absent, not 0.
+    # Families the kernel cannot have (no IPv6 in it): absent, not 0.
     missing_families: tuple[str, ...]
     # Buckets and port capacity; None when the port range could not be read.
     ports: PortUsage | None = None
     # Which non-listening sockets the kernel was asked for ("" = all of them).
     scope: str = ""
+    # False when sockstat showed no TCP socket at all and the dump was skipped.
+    dumped: bool = True
 
 
 class SocketTally:
@@ -56,10 +58,10 @@ class SocketTally:
         if self._buckets is not None:
             self._buckets.add(batch)
 
-    def result(self, missing: dict[int, str], scope: str = "") -> SocketStats:
+    def result(self, missing: tuple[str, ...], scope: str = "", dumped: bool = True) -> SocketStats:
         states: dict[tuple[str, str], int] = {}
         for index, family in _FAMILY_BY_INDEX.items():
-            if family in missing:
+            if FAMILIES[family] in missing:
                 continue
             for state, name in TCP_STATES.items():
                 states[(FAMILIES[family], name)] = int(self._counts[index * 16 + state])
@@ -67,36 +69,44 @@ class SocketTally:
         if self._buckets is not None and self._policy is not None:
             ports = summarize(self._buckets, self._policy, self._options)
         return SocketStats(
-            states=states,
-            missing_families=tuple(FAMILIES[f] for f in sorted(missing)),
-            ports=ports,
-            scope=scope,
+            states=states, missing_families=missing, ports=ports, scope=scope, dumped=dumped
         )
 
 
-def collect_socket_stats(
-    policy: PortPolicy | None = None, options: BucketOptions | None = None, retries: int = 1
-) -> SocketStats:
-    """Dump this thread's namespace; a dump the kernel flags as interrupted
-    (NLM_F_DUMP_INTR) is redone from scratch once, then reported as an error.
+def filter_for(policy: PortPolicy | None, options: BucketOptions) -> tuple[bytes, str]:
+    """With --buckets.inbound-ports the kernel is asked only for non-listening sockets
+    whose local port is in the ephemeral range or in those ports (as `ss` filters): what
+    the buckets need, at a fraction of the cost on a busy server."""
+    if policy is None or not options.inbound_ports:
+        return b"", ""
+    low, high = policy.port_range
+    ports = tuple(sorted(options.inbound_ports))
+    return port_filter_bytecode(
+        low, high, ports
+    ), f"local port {low}-{high} or {','.join(map(str, ports))}"
 
-    With --buckets.inbound-ports the kernel is asked only for non-listening sockets whose
-    local port is in the ephemeral range or in those ports (as `ss` filters): what the
-    buckets need, at a fraction of the cost on a busy server.
-    """
-    bytecode, scope = b"", ""
-    if policy is not None and options is not None and options.inbound_ports:
-        low, high = policy.port_range
-        ports = tuple(sorted(options.inbound_ports))
-        bytecode = port_filter_bytecode(low, high, ports)
-        scope = f"local port {low}-{high} or {','.join(map(str, ports))}"
-    for attempt in range(retries + 1):
-        tally = SocketTally(policy, options)
-        try:
-            missing = dump_all(tally, bytecode=bytecode)
-        except DumpInterrupted:
-            if attempt == retries:
-                raise
-            continue
-        return tally.result(missing, scope)
-    raise AssertionError("unreachable")
+
+def collect_socket_stats(
+    diag: DiagSocket,
+    buffers: Buffers,
+    policy: PortPolicy | None = None,
+    options: BucketOptions | None = None,
+    missing: tuple[str, ...] = (),
+) -> SocketStats:
+    """Dump the namespace `diag` was opened in. DumpInterrupted (NLM_F_DUMP_INTR or
+    ENOBUFS) escapes; the caller redoes the dump once on a fresh socket."""
+    options = options or BucketOptions()
+    bytecode, scope = filter_for(policy, options)
+    tally = SocketTally(policy, options)
+    dump_all(diag, tally, buffers, bytecode)
+    return tally.result(missing, scope)
+
+
+def no_sockets(
+    policy: PortPolicy | None, options: BucketOptions, missing: tuple[str, ...] = ()
+) -> SocketStats:
+    """The exact result of a dump that finds nothing: every state 0, no bucket."""
+    return SocketTally(policy, options).result(missing, filter_for(policy, options)[1], False)
+
+
+__all__ = ["DumpInterrupted", "SocketStats", "SocketTally", "collect_socket_stats", "no_sockets"]

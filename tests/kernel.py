@@ -18,8 +18,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from exporter.netns import entered
+from exporter.buckets import BucketOptions
+from exporter.capacity import PortPolicy
+from exporter.context import NetnsContext
+from exporter.netns import entered, namespace_inode
+from exporter.socket_stats import SocketStats, collect_socket_stats
+from exporter.sources.sockdiag import new_buffers
 
 _names = itertools.count()
 
@@ -68,6 +74,29 @@ class Netns:
         with entered(self.path):
             yield
 
+    @property
+    def inode(self) -> int:
+        inode = namespace_inode(self.path)
+        assert inode is not None, self.path
+        return inode
+
+    @contextmanager
+    def context(self) -> Iterator[NetnsContext]:
+        """The exporter's descriptors for this namespace, opened inside it."""
+        context = NetnsContext.open(Path("/proc"), self.path, self.inode, diag=True)
+        try:
+            yield context
+        finally:
+            context.close()
+
+    def socket_stats(
+        self, policy: PortPolicy | None = None, options: BucketOptions | None = None
+    ) -> SocketStats:
+        """One sock_diag pass over this namespace, as the sockdiag source makes it."""
+        with self.context() as context:
+            assert context.diag is not None
+            return collect_socket_stats(context.diag, new_buffers(), policy, options)
+
     def sysctl(self, name: str, value: str) -> None:
         with self.inside(), open(f"/proc/sys/{name.replace('.', '/')}", "w") as handle:
             handle.write(value)
@@ -89,7 +118,8 @@ class Netns:
         )
 
     def exporter(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.run(sys.executable, "-m", "exporter", *args, check=check)
+        """The exporter run inside this namespace, on this namespace alone (--netns=self)."""
+        return self.run(sys.executable, "-m", "exporter", *args, "--netns=self", check=check)
 
     def ss_states(self, *flags: str) -> Counter[tuple[str, str]]:
         """(family, state) → count from `ss -tan` (-4 and -6 separately)."""

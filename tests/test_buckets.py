@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.buckets import BucketOptions, BucketTally
-from exporter.capacity import OTHER, PortPolicy, summarize
+from exporter.capacity import PortPolicy, summarize
 from exporter.sources.inet_diag import TCP_LISTEN, TCP_TIME_WAIT, Batch
 from tests.exposition import samples, series
 from tests.kernel import Netns, connect, server_closes_first, time_wait_pairs
@@ -229,22 +229,17 @@ def test_aggregation_matches_brute_force(
     assert usage.max_ratio == expected_max
 
     kept = {(r.local_addr, r.remote_addr, r.remote_port): r for r in usage.outbound}
-    assert sum(r.sockets for r in usage.outbound) == sum(out.values())
-    assert sum(r.timewait for r in usage.outbound) == sum(out_tw.values())
+    rest = usage.outbound_rest
+    assert sum(r.sockets for r in usage.outbound) + rest.sockets == sum(out.values())
+    assert sum(r.timewait for r in usage.outbound) + rest.timewait == sum(out_tw.values())
     n_kept = min(top, sum(1 for n in out.values() if n >= min_sockets))
-    assert usage.outbound_folded == len(out) - n_kept
-    assert len(usage.outbound) == n_kept + (1 if usage.outbound_folded else 0)
+    assert len(usage.outbound) == n_kept
+    assert rest.buckets == len(out) - n_kept
+    assert rest.capacity == capacity * rest.buckets
     for key, row in kept.items():
-        if key == (OTHER, OTHER, OTHER):
-            assert row.capacity == capacity * usage.outbound_folded
-        else:
-            assert (row.sockets, row.timewait, row.capacity) == (out[key], out_tw[key], capacity)
+        assert (row.sockets, row.timewait, row.capacity) == (out[key], out_tw[key], capacity)
     largest = sorted(out.values(), reverse=True)[:n_kept]
-    assert (
-        sorted((r.sockets for r in usage.outbound if r.local_addr != OTHER), reverse=True)
-        == largest
-    )
-    assert sum(r.sockets for r in usage.inbound) == sum(inn.values())
+    assert [r.sockets for r in usage.outbound] == largest
+    assert sum(r.sockets for r in usage.inbound) + usage.inbound_rest.sockets == sum(inn.values())
     for row in usage.inbound:
-        if row.local_addr != OTHER:
-            assert inn[(row.local_addr, row.local_port, row.remote_addr)] == row.sockets
+        assert inn[(row.local_addr, row.local_port, row.remote_addr)] == row.sockets

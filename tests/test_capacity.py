@@ -8,8 +8,20 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from exporter.capacity import PortPolicy, ephemeral_available, outbound_capacity, timewait_reusable
+from exporter.capacity import (
+    Folded,
+    InboundRow,
+    OutboundRow,
+    PortPolicy,
+    PortUsage,
+    ephemeral_available,
+    outbound_capacity,
+    select_node_top,
+    timewait_reusable,
+)
 from exporter.sources.netstat import parse_netstat
 from tests.exposition import samples, series, value
 from tests.kernel import Netns, connect
@@ -180,3 +192,53 @@ def test_timewait_reusable(
     rule = policy(tw_reuse=tw_reuse, timestamps=timestamps)
     assert timewait_reusable(rule, (False, local, 8080, remote)) is reusable
     assert timewait_reusable(policy(tw_reuse=2), (True, 1, 443, 5)) is True  # ::1
+
+
+row_counts = st.lists(st.tuples(st.integers(1, 50), st.integers(0, 50)), max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    namespaces=st.lists(
+        st.tuples(st.integers(1, 200), row_counts, st.integers(0, 5), row_counts), max_size=6
+    ),
+    top=st.integers(0, 10),
+)
+def test_node_top_k_keeps_the_largest_and_every_namespace_sum(
+    namespaces: list[tuple[int, list[tuple[int, int]], int, list[tuple[int, int]]]], top: int
+) -> None:
+    """Top-K across the node: the K largest buckets of all namespaces survive, the others
+    join their own namespace's `other`, and every namespace's sum stays exact."""
+    usages = []
+    for index, (capacity, outbound, folded, inbound) in enumerate(namespaces):
+        out_rows = tuple(
+            OutboundRow("127.0.0.1", f"10.0.{index}.{i}", "80", n, min(tw, n), capacity)
+            for i, (n, tw) in enumerate(sorted(outbound, reverse=True))
+        )
+        in_rows = tuple(
+            InboundRow("127.0.0.1", "80", f"10.1.{index}.{i}", n, min(tw, n))
+            for i, (n, tw) in enumerate(sorted(inbound, reverse=True))
+        )
+        out_rest = Folded(folded, 3 * folded, folded, capacity * folded)
+        usages.append(
+            (f"ns{index}", PortUsage(capacity, 0, capacity, 0.0, out_rows, in_rows, out_rest))
+        )
+    node = select_node_top(usages, top)
+    candidates = [(n, r) for n, u in usages for r in u.outbound]
+    assert len(node.outbound) == min(top, len(candidates))
+    ratios = sorted((r.sockets / r.capacity for _, r in candidates), reverse=True)
+    assert [r.sockets / r.capacity for _, r in node.outbound] == ratios[: len(node.outbound)]
+    assert len(node.inbound) == min(top, sum(len(u.inbound) for _, u in usages))
+    for netns, usage in usages:
+        kept = [r for n, r in node.outbound if n == netns]
+        other = node.outbound_other.get(netns, Folded())
+        total = sum(r.sockets for r in usage.outbound) + usage.outbound_rest.sockets
+        assert sum(r.sockets for r in kept) + other.sockets == total
+        assert len(kept) + other.buckets == len(usage.outbound) + usage.outbound_rest.buckets
+        capacities = sum(r.capacity for r in usage.outbound) + usage.outbound_rest.capacity
+        assert sum(r.capacity for r in kept) + other.capacity == capacities
+        kept_in = [r for n, r in node.inbound if n == netns]
+        other_in = node.inbound_other.get(netns, Folded())
+        assert sum(r.sockets for r in kept_in) + other_in.sockets == sum(
+            r.sockets for r in usage.inbound
+        )

@@ -31,6 +31,7 @@ def dump_tree(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
             "--path.sysfs",
             str(root / "sys"),
             "--no-collector.sockdiag",
+            "--netns=self",
             "--netns.name",
             "fixture",
             *extra,

@@ -26,7 +26,7 @@ GOLDEN = FIXTURES / "golden"
 # Values that differ on every run: durations, timestamps, the interpreter's version.
 VOLATILE = re.compile(
     r"^((tcptw_source_duration_seconds|tcptw_poll_duration_seconds"
-    r"|tcptw_last_poll_timestamp_seconds)(\{[^}]*\})?) .*$|python_version=\"[^\"]*\"",
+    r"|tcptw_last_poll_timestamp_seconds|tcptw_netns_poll_duration_seconds)(\{[^}]*\})?) .*$|python_version=\"[^\"]*\"",
     re.M,
 )
 
@@ -49,6 +49,7 @@ def dump(tree: Path) -> str:
             "--path.sysfs",
             str(tree / "sys"),
             "--no-collector.sockdiag",
+            "--netns=self",
             "--netns.name",
             "fixture",
         ],

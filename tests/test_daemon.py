@@ -28,13 +28,13 @@ class SlowPoller(Poller):
         self.polls = 0
         self.lock = threading.Lock()
 
-    def poll_once(self) -> Snapshot:
+    def poll_once(self, budget: float | None = None) -> Snapshot:
         with self.lock:
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
         try:
             time.sleep(self.delay)
-            return super().poll_once()
+            return super().poll_once(budget)
         finally:
             with self.lock:
                 self.running -= 1
@@ -44,7 +44,11 @@ class SlowPoller(Poller):
 @pytest.fixture
 def config(tree: Path) -> Config:
     return Config(
-        procfs=tree / "proc", sysfs=tree / "sys", netns_name="t", collectors=frozenset({"sockstat"})
+        procfs=tree / "proc",
+        sysfs=tree / "sys",
+        netns="self",
+        netns_name="t",
+        collectors=frozenset({"sockstat"}),
     )
 
 

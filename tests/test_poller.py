@@ -7,7 +7,6 @@ import structlog
 
 from exporter.config import Config
 from exporter.poller import Poller
-from exporter.sources import NetnsView
 from tests.conftest import FIXTURES
 
 
@@ -16,6 +15,7 @@ def test_failing_source_logs_once_per_change_of_state(tree: Path) -> None:
         Config(
             procfs=tree / "proc",
             sysfs=tree / "sys",
+            netns="self",
             netns_name="t",
             collectors=frozenset({"netstat", "sockstat"}),
         )
@@ -31,7 +31,11 @@ def test_failing_source_logs_once_per_change_of_state(tree: Path) -> None:
         poller.poll_once()
     events = [(e["event"], e.get("source")) for e in logs]
     assert events == [("source failed", "netstat"), ("source recovered", "netstat")]
-    assert [(r.source, r.ok) for r in first.results] == [("netstat", False), ("sockstat", True)]
+    assert [(r.source, r.netns, r.ok) for r in first.results] == [
+        ("netstat", "t", False),
+        ("sockstat", "t", True),
+        ("sockstat", "", True),  # its host-wide part
+    ]
     assert "no TcpExt lines" in first.results[0].error
     assert all(r.ok for r in third.results)
 
@@ -42,14 +46,21 @@ def test_buckets_without_the_sysctl_collector_log_why_they_are_missing(tree: Pat
         Config(
             procfs=tree / "proc",
             sysfs=tree / "sys",
+            netns="self",
             netns_name="t",
             collectors=frozenset({"sockstat"}) | {"sockdiag"},
         )
     )
     with structlog.testing.capture_logs() as logs:
-        poller.own_namespace = lambda: NetnsView("t", tree / "proc/net", tree / "proc/sys/net")
         snapshot = poller.poll_once()
-    assert [(e["event"], e["source"]) for e in logs] == [("source failed", "sysctl")]
-    assert "needed for buckets" in logs[0]["error"]
+        poller.poll_once()  # the same problem again: no second line
+    assert [(e["event"], e["source"], e["log_level"]) for e in logs] == [
+        (
+            "buckets unavailable: sysctls unreadable: ip_local_port_range must hold two numbers, "
+            "got 'garbage'",
+            "sockdiag",
+            "warning",
+        )
+    ]
     sockdiag = next(r for r in snapshot.results if r.source == "sockdiag")
     assert sockdiag.ok and sockdiag.data.ports is None  # states counted, buckets absent

@@ -1,14 +1,16 @@
 """Kernel data sources: pure parse/decode functions plus thin readers, one source per module.
 
-Every reader takes a `NetnsView` (which namespace, and where its /proc lives) and raises
-`SourceError` with a message fit for a log line when its input is missing or malformed.
+A per-namespace reader takes `NetnsFiles`: descriptors opened inside that namespace
+(exporter/context.py), so no reader can pick up the ambient namespace by accident. A
+host-wide reader takes paths. Readers raise `SourceError` with a message fit for a log line
+when their input is missing or malformed.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -17,18 +19,27 @@ class SourceError(Exception):
     """A source could not produce data; the message says why (shown in logs)."""
 
 
-@dataclass(frozen=True, slots=True)
-class NetnsView:
-    """One network namespace as the sources see it.
+class NetnsFiles(Protocol):
+    """The /proc files of one namespace, opened inside it."""
 
-    `label` is the `netns` label value; `proc_net` is the /proc/net directory of the
-    namespace and `proc_sys_net` its /proc/sys/net (both resolved by the reading thread,
-    which has entered the namespace when it is not the exporter's own).
-    """
+    def read_net(self, name: str) -> str:
+        """/proc/thread-self/net/<name>; SourceError when it is missing or unreadable."""
+        ...
 
-    label: str
-    proc_net: Path
-    proc_sys_net: Path
+    def read_sysctl(self, name: str) -> str | None:
+        """/proc/sys/net/ipv4/<name>; None when the kernel has no such sysctl."""
+        ...
+
+    def has_sysctls(self) -> bool:
+        """Whether /proc/sys/net/ipv4 could be opened at all."""
+        ...
+
+
+def decode_text(raw: bytes, where: object) -> str:
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"{where} is not text (byte {exc.start} is {raw[exc.start]:#x})") from exc
 
 
 def read_text(path: Path) -> str:
@@ -38,7 +49,4 @@ def read_text(path: Path) -> str:
             raw = handle.read()
     except OSError as exc:
         raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    try:
-        return raw.decode("ascii")
-    except UnicodeDecodeError as exc:
-        raise SourceError(f"{path} is not text (byte {exc.start} is {raw[exc.start]:#x})") from exc
+    return decode_text(raw, path)

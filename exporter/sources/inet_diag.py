@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 NETLINK_SOCK_DIAG = 4
+TCPDIAG_GETSOCK = 18  # the original inet_diag request (include/uapi/linux/inet_diag.h)
 SOCK_DIAG_BY_FAMILY = 20
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
@@ -36,6 +37,9 @@ NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
 NLMSG_HDR = struct.Struct("=IHHII")
 # inet_diag_req_v2: family, protocol, ext, pad, states, then inet_diag_sockid (48 bytes).
 INET_DIAG_REQ_V2 = struct.Struct("=BBBxI48s")
+# inet_diag_req (the compat request): family, src_len, dst_len, ext, inet_diag_sockid,
+# states, dbs.
+INET_DIAG_REQ = struct.Struct("=BBBB48sII")
 ERRNO = struct.Struct("=i")
 
 # Kernel TCP states (include/net/tcp_states.h), named as `ss` names them, snake_case.
@@ -76,18 +80,34 @@ class DumpInterrupted(Exception):
 
 
 def build_request(family: int, states: int, seq: int, bytecode: bytes = b"") -> bytes:
-    """One SOCK_DIAG_BY_FAMILY dump request for TCP sockets in `states` (TCPF_* bitmask).
-
-    No extensions are requested (idiag_ext = 0), so records stay small. `bytecode`, when
-    given, is an INET_DIAG_REQ_BYTECODE filter program (see `port_filter_bytecode`).
-    """
+    """One SOCK_DIAG_BY_FAMILY dump request for TCP sockets of `family` in `states`
+    (TCPF_* bitmask). No extensions are requested (idiag_ext = 0), so records stay small.
+    `bytecode`, when given, is an INET_DIAG_REQ_BYTECODE filter program (see
+    `port_filter_bytecode`)."""
     body = INET_DIAG_REQ_V2.pack(family, socket.IPPROTO_TCP, 0, states, b"\0" * 48)
+    return _request(SOCK_DIAG_BY_FAMILY, body, seq, bytecode)
+
+
+def build_compat_request(states: int, seq: int, bytecode: bytes = b"") -> bytes:
+    """One TCPDIAG_GETSOCK dump request: TCP sockets of *both* families in `states`.
+
+    The kernel serves it with req.sdiag_family = AF_UNSPEC (inet_diag_dump_compat in
+    net/ipv4/inet_diag.c), so one walk of the established hash returns IPv4 and IPv6
+    sockets alike. SOCK_DIAG_BY_FAMILY needs one request, hence one walk of the whole
+    table, per family; with the host's shared hash that walk costs the same whatever the
+    namespace holds, so this halves the cost of every namespace's dump. Replies carry
+    nlmsg_type TCPDIAG_GETSOCK and the same inet_diag_msg records."""
+    body = INET_DIAG_REQ.pack(0, 0, 0, 0, b"\0" * 48, states, 0)
+    return _request(TCPDIAG_GETSOCK, body, seq, bytecode)
+
+
+def _request(kind: int, body: bytes, seq: int, bytecode: bytes) -> bytes:
     if bytecode:
         attr_len = 4 + len(bytecode)
         body += struct.pack("=HH", attr_len, 1) + bytecode  # INET_DIAG_REQ_BYTECODE = 1
         body += b"\0" * (-attr_len % 4)
     length = NLMSG_HDR.size + len(body)
-    return NLMSG_HDR.pack(length, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+    return NLMSG_HDR.pack(length, kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 
 # Filter program ops (include/uapi/linux/inet_diag.h, struct inet_diag_bc_op).
@@ -189,8 +209,11 @@ def find_records(buf: memoryview, length: int, seq: int, pid: int) -> npt.NDArra
     return np.asarray(_walk_offsets(buf, length), dtype=np.int64)
 
 
-def decode_batch(buf: memoryview, length: int, seq: int, pid: int) -> tuple[Batch, BatchEnd]:
-    """Decode one or more whole receive buffers of a dump reply.
+def decode_batch(
+    buf: memoryview, length: int, seq: int, pid: int, record_type: int = SOCK_DIAG_BY_FAMILY
+) -> tuple[Batch, BatchEnd]:
+    """Decode one or more whole receive buffers of a dump reply whose records have
+    nlmsg_type `record_type` (that of the request).
 
     Raises DiagProtocolError on NLMSG_ERROR, a DONE carrying an error, a record too
     short for inet_diag_msg, or a message type a sock_diag dump never sends.
@@ -203,8 +226,8 @@ def decode_batch(buf: memoryview, length: int, seq: int, pid: int) -> tuple[Batc
     flags = header[:, 1] >> 16
     done = False
     data = offsets
-    if types.size and not bool(np.all(types == SOCK_DIAG_BY_FAMILY)):
-        other = np.flatnonzero(types != SOCK_DIAG_BY_FAMILY)
+    if types.size and not bool(np.all(types == record_type)):
+        other = np.flatnonzero(types != record_type)
         first = int(other[0])
         kind = int(types[first])
         off = int(offsets[first])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from exporter.sources import NetnsView, SourceError, read_text
+from exporter.sources import NetnsFiles, SourceError
 
 DEFAULT_FIELDS = (
     r"^(TW|TWRecycled|TWKilled|TCPTimeWaitOverflow|PAWS\w*|TSEcrRejected"
@@ -45,8 +45,8 @@ def select_fields(counters: dict[str, int], pattern: re.Pattern[str]) -> dict[st
     return {name: value for name, value in counters.items() if pattern.search(name)}
 
 
-def read_netstat(netns: NetnsView) -> dict[str, int]:
-    return parse_netstat(read_text(netns.proc_net / "netstat"))
+def read_netstat(files: NetnsFiles) -> dict[str, int]:
+    return parse_netstat(files.read_net("netstat"))
 
 
 # One word of a kernel counter name: a plural acronym (ACKs), an acronym before a

@@ -5,6 +5,10 @@ per recvmsg(); we receive many of them back to back into one buffer and decode t
 at once (exporter/sources/inet_diag.py), so memory stays bounded by the buffer whatever
 the number of sockets.
 
+Both families come from one TCPDIAG_GETSOCK request (see build_compat_request): with the
+host's shared established hash every request walks the whole node's table, so one request
+instead of one per family halves the cost of each namespace's dump.
+
 Listeners are dumped first, on their own: with only TCPF_LISTEN requested the kernel walks
 the listening hash and skips the established hash (net/ipv4/inet_diag.c,
 inet_diag_dump_icsk), so this costs O(listeners). The consumer then knows every
@@ -14,13 +18,11 @@ bind()-owned listening port before the single pass over all other sockets.
 from __future__ import annotations
 
 import errno
-import functools
 import queue
 import random
 import socket
 import struct
 import threading
-from collections.abc import Callable
 from typing import Protocol
 
 from exporter.sources.inet_diag import (
@@ -30,10 +32,11 @@ from exporter.sources.inet_diag import (
     NLMSG_ERROR,
     NLMSG_HDR,
     TCP_LISTEN,
+    TCPDIAG_GETSOCK,
     Batch,
     DiagProtocolError,
     DumpInterrupted,
-    build_request,
+    build_compat_request,
     decode_batch,
 )
 
@@ -46,7 +49,16 @@ RECV_WINDOW = 64 << 10  # > the largest dump skb (32 KiB), so no reply is ever t
 # filled plus the one being read.
 RCVBUF_BYTES = 1 << 20
 RECV_TIMEOUT = 10  # seconds
-FAMILIES = (socket.AF_INET, socket.AF_INET6)
+LISTENING = 1 << TCP_LISTEN
+NOT_LISTENING = ALL_STATES & ~LISTENING
+
+# Receive buffers belong to the thread that runs a dump, not to a socket: a node has one
+# diag socket per namespace but only a few poll workers.
+Buffers = list[bytearray]
+
+
+def new_buffers() -> Buffers:
+    return [bytearray(BATCH_BYTES + RECV_WINDOW) for _ in range(BUFFERS)]
 
 
 class BatchConsumer(Protocol):
@@ -54,15 +66,16 @@ class BatchConsumer(Protocol):
 
 
 class DiagSocket:
-    """One NETLINK_SOCK_DIAG socket, opened in the calling thread's network namespace.
+    """One NETLINK_SOCK_DIAG socket, opened in the calling thread's network namespace. It
+    keeps answering for that namespace from any thread afterwards (the socket holds a
+    reference to it: sk_alloc, net/core/sock.c).
 
     A dump is pipelined over two threads: a receiver thread calls recvmsg() (the kernel
     fills the next skb inside that call, with the GIL released) into one buffer while the
-    calling thread decodes the previous one. On two cores the decode hides behind the
-    kernel's own dump cost.
+    calling thread decodes the previous one.
     """
 
-    def __init__(self, rcvbuf: int = RCVBUF_BYTES, buffers: list[bytearray] | None = None) -> None:
+    def __init__(self, rcvbuf: int = RCVBUF_BYTES) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -75,8 +88,6 @@ class DiagSocket:
         except OSError:
             self.sock.close()
             raise
-        # Sockets whose receives never overlap may share their buffers.
-        self.buffers = buffers or [bytearray(BATCH_BYTES + RECV_WINDOW) for _ in range(BUFFERS)]
         self._seq = random.randrange(1, 1 << 31)
 
     def close(self) -> None:
@@ -89,29 +100,29 @@ class DiagSocket:
         self.close()
 
     def dump(
-        self, family: int, states: int, consumer: BatchConsumer, bytecode: bytes = b""
+        self, states: int, consumer: BatchConsumer, buffers: Buffers, bytecode: bytes = b""
     ) -> None:
-        """Run one dump of `family` TCP sockets in `states` into `consumer`.
+        """Run one dump of TCP sockets of both families in `states` into `consumer`.
 
         Raises DumpInterrupted (NLM_F_DUMP_INTR seen, or ENOBUFS), DiagProtocolError, or
         OSError.
         """
-        self.receive(self.request(family, states, bytecode), family, consumer)
+        self.receive(self.request(states, bytecode), consumer, buffers)
 
-    def request(self, family: int, states: int, bytecode: bytes = b"") -> int:
+    def request(self, states: int, bytecode: bytes = b"") -> int:
         """Send a dump request; returns its sequence number. The kernel fills the first
         reply skb inside this call (netlink_dump_start), walking the hash tables until
         it has something to send or reaches their end."""
         self._seq = (self._seq % 0x7FFFFFFF) + 1
-        self.sock.send(build_request(family, states, self._seq, bytecode))
+        self.sock.send(build_compat_request(states, self._seq, bytecode))
         return self._seq
 
-    def receive(self, seq: int, family: int, consumer: BatchConsumer) -> None:
+    def receive(self, seq: int, consumer: BatchConsumer, buffers: Buffers) -> None:
         """Receive and decode the replies to request `seq` (see `dump`)."""
         free: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
         filled: queue.SimpleQueue[tuple[bytearray, int, bool] | BaseException] = queue.SimpleQueue()
         verdicts: queue.SimpleQueue[bool] = queue.SimpleQueue()
-        for buffer in self.buffers:
+        for buffer in buffers:
             free.put(buffer)
         receiver = threading.Thread(
             target=self._receive,
@@ -128,7 +139,7 @@ class DiagSocket:
                     raise item
                 buffer, length, maybe_end = item
                 with memoryview(buffer) as view:
-                    batch, end = decode_batch(view, length, seq, self.pid)
+                    batch, end = decode_batch(view, length, seq, self.pid, TCPDIAG_GETSOCK)
                 if maybe_end:
                     verdicts.put(end.done)
                 if len(batch):
@@ -140,9 +151,11 @@ class DiagSocket:
         finally:
             free.put(None)  # stop the receiver if it is waiting for a buffer
             verdicts.put(True)
-        receiver.join()
+            # On an error the receiver may sit in recvmsg() until SO_RCVTIMEO; the caller
+            # then drops this socket (its stream is out of step) and opens a new one.
+            receiver.join(RECV_TIMEOUT + 1)
         if interrupted:
-            raise DumpInterrupted(f"sock_diag dump of family {family} was interrupted")
+            raise DumpInterrupted("sock_diag dump was interrupted")
 
     def _receive(
         self,
@@ -196,62 +209,15 @@ def _ends_dump(buffer: bytearray, start: int, end: int, seq: int, pid: int) -> b
     return bool(kind == NLMSG_DONE and length == 20 and tail_seq == seq and tail_pid == pid)
 
 
-def dump_all(consumer: BatchConsumer, bytecode: bytes = b"") -> dict[int, str]:
+def dump_all(
+    diag: DiagSocket, consumer: BatchConsumer, buffers: Buffers, bytecode: bytes = b""
+) -> None:
     """Listeners of both families first, then every other TCP socket, into `consumer`.
 
     The kernel filters with the state bitmask, and with `bytecode` (an
     INET_DIAG_REQ_BYTECODE program) for the non-listening sockets. DumpInterrupted escapes
     when the kernel flags the dump as inconsistent: the caller retries with a fresh
-    consumer. Returns the families the kernel does not support (errno text by family),
-    e.g. AF_INET6 when IPv6 is disabled: those are absent, not 0.
+    consumer.
     """
-    unsupported: dict[int, str] = {}
-    listening, others = 1 << TCP_LISTEN, ALL_STATES & ~(1 << TCP_LISTEN)
-    with DiagSocket() as diag:
-        for family in FAMILIES:
-            _guard(family, unsupported, functools.partial(diag.dump, family, listening, consumer))
-        if socket.AF_INET6 in unsupported:
-            diag.dump(socket.AF_INET, others, consumer, bytecode)
-            return unsupported
-        # Each dump walks the whole established hash in the kernel, whatever the family;
-        # AF_INET6's walk mostly finds nothing to send and so runs entirely inside its
-        # request. Sending that request from a second socket in a thread overlaps it with
-        # the AF_INET dump and its decoding (the second core would sit idle otherwise).
-        with DiagSocket(buffers=diag.buffers) as early:
-            sent: list[int | BaseException] = []
-            sender = threading.Thread(
-                target=_send, args=(early, others, bytecode, sent), name="sockdiag-send"
-            )
-            sender.start()
-            try:
-                diag.dump(socket.AF_INET, others, consumer, bytecode)
-            finally:
-                sender.join()
-            if isinstance(sent[0], BaseException):
-                raise sent[0]
-            run = functools.partial(early.receive, sent[0], socket.AF_INET6, consumer)
-            _guard(socket.AF_INET6, unsupported, run)
-    return unsupported
-
-
-def _send(diag: DiagSocket, states: int, bytecode: bytes, sent: list[int | BaseException]) -> None:
-    try:
-        sent.append(diag.request(socket.AF_INET6, states, bytecode))
-    except BaseException as exc:
-        sent.append(exc)
-
-
-def _guard(family: int, unsupported: dict[int, str], run: Callable[[], None]) -> None:
-    """Run one dump; a family the kernel has no handler for is recorded, not raised."""
-    try:
-        run()
-    except DiagProtocolError as exc:
-        if family == socket.AF_INET6 and _is_missing_family(exc):
-            unsupported[family] = str(exc)
-            return
-        raise
-
-
-def _is_missing_family(exc: DiagProtocolError) -> bool:
-    # inet_diag_lock_handler answers ENOENT when no handler serves the family (IPv6 off).
-    return exc.errno == errno.ENOENT
+    diag.dump(LISTENING, consumer, buffers)
+    diag.dump(NOT_LISTENING, consumer, buffers, bytecode)

@@ -2,15 +2,15 @@
 
 All of these are per network namespace (net/ipv4/sysctl_net_ipv4.c, ipv4_net_table), so
 they are read by a thread that has entered the namespace. A sysctl the kernel lacks
-(tcp_tw_recycle since 4.12, tcp_tw_reuse_delay before 6.x, tcp_ehash_entries before 6.1)
-is absent from the result.
+(tcp_tw_recycle since 4.12, tcp_tw_reuse_delay before 6.x, tcp_ehash_entries and
+tcp_child_ehash_entries before 6.1) is absent from the result.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from exporter.sources import NetnsView, SourceError, read_text
+from exporter.sources import NetnsFiles, SourceError
 
 # name → unit divisor (tcp_tw_reuse_delay is in milliseconds).
 INTEGER_SYSCTLS: dict[str, int] = {
@@ -21,7 +21,12 @@ INTEGER_SYSCTLS: dict[str, int] = {
     "tcp_timestamps": 1,
     "tcp_fin_timeout": 1,
     "tcp_ehash_entries": 1,  # negative: the namespace shares the host's hash table
+    # Size of the established hash a namespace created from this one gets; 0 (default):
+    # it shares the host's, and every sock_diag dump in it walks the whole node's table.
+    "tcp_child_ehash_entries": 1,
 }
+PORT_SYSCTLS = ("ip_local_port_range", "ip_local_reserved_ports")
+SYSCTL_FILES = (*INTEGER_SYSCTLS, *PORT_SYSCTLS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,19 +82,18 @@ def parse_port_list(text: str) -> tuple[tuple[int, int], ...]:
     return tuple(merged)
 
 
-def read_sysctls(netns: NetnsView) -> Sysctls:
-    base = netns.proc_sys_net / "ipv4"
-    if not base.is_dir():
-        raise SourceError(f"{base} does not exist")
+def read_sysctls(files: NetnsFiles) -> Sysctls:
+    if not files.has_sysctls():
+        raise SourceError("/proc/sys/net/ipv4 cannot be opened")
     values: dict[str, float] = {}
     for name, divisor in INTEGER_SYSCTLS.items():
-        path = base / name
-        if not path.exists():
+        text = files.read_sysctl(name)
+        if text is None:
             continue
-        raw = parse_int(name, read_text(path))
+        raw = parse_int(name, text)
         values[name] = raw / divisor if divisor != 1 else raw
-    range_path = base / "ip_local_port_range"
-    port_range = parse_port_range(read_text(range_path)) if range_path.exists() else None
-    reserved_path = base / "ip_local_reserved_ports"
-    reserved = parse_port_list(read_text(reserved_path)) if reserved_path.exists() else None
+    range_text = files.read_sysctl("ip_local_port_range")
+    port_range = parse_port_range(range_text) if range_text is not None else None
+    reserved_text = files.read_sysctl("ip_local_reserved_ports")
+    reserved = parse_port_list(reserved_text) if reserved_text is not None else None
     return Sysctls(port_range=port_range, reserved_ports=reserved, values=values)

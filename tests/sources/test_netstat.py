@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.sources import NetnsView, SourceError
+from exporter.context import NetnsContext
+from exporter.sources import SourceError
 from exporter.sources.netstat import (
     DEFAULT_FIELDS,
     parse_netstat,
@@ -73,15 +74,19 @@ def test_corrupt_files_raise_clear_errors(name: str, message: str) -> None:
 
 
 def test_binary_garbage_is_a_source_error(tmp_path: Path) -> None:
-    (tmp_path / "netstat").write_bytes((FIXTURES / "corrupt/netstat-binary").read_bytes())
-    view = NetnsView("x", tmp_path, tmp_path)
+    (tmp_path / "net").mkdir()
+    (tmp_path / "thread-self").mkdir()
+    (tmp_path / "thread-self/net").symlink_to("../net")
+    (tmp_path / "net/netstat").write_bytes((FIXTURES / "corrupt/netstat-binary").read_bytes())
+    context = NetnsContext.open(tmp_path, None, None, diag=False)
     with pytest.raises(SourceError, match="not text"):
-        read_netstat(view)
+        read_netstat(context)
 
 
 def test_missing_file_is_a_source_error(tmp_path: Path) -> None:
-    with pytest.raises(SourceError, match="cannot read"):
-        read_netstat(NetnsView("x", tmp_path, tmp_path))
+    context = NetnsContext.open(tmp_path, None, None, diag=False)
+    with pytest.raises(SourceError, match="cannot open"):
+        read_netstat(context)
 
 
 @pytest.mark.parametrize(
@@ -109,10 +114,9 @@ def test_snake_case(kernel: str, metric: str) -> None:
 
 
 def test_live_namespace_equals_proc(netns: Netns) -> None:
-    with netns.inside():
-        view = NetnsView(netns.name, Path("/proc/thread-self/net"), Path("/proc/sys/net"))
+    with netns.context() as context:
         before = netns.read("net/netstat")
-        ours = read_netstat(view)
+        ours = read_netstat(context)
         after = netns.read("net/netstat")
     assert before == after  # an idle namespace: nothing moved while we read
     assert ours == parse_netstat(before)

@@ -5,18 +5,23 @@ from pathlib import Path
 
 import pytest
 
-from exporter.sources import NetnsView, SourceError
-from exporter.sources.sysctl import parse_port_list, read_sysctls
+from exporter.context import NetnsContext
+from exporter.sources import SourceError
+from exporter.sources.sysctl import Sysctls, parse_port_list, read_sysctls
 from tests.conftest import FIXTURES, TREES
 from tests.kernel import Netns
 
 
-def view(root: Path) -> NetnsView:
-    return NetnsView("x", root / "proc/net", root / "proc/sys/net")
+def read_tree(root: Path) -> Sysctls:
+    context = NetnsContext.open(root / "proc", None, None, diag=False)
+    try:
+        return read_sysctls(context)
+    finally:
+        context.close()
 
 
 def test_recorded_tree() -> None:
-    data = read_sysctls(view(TREES / "linux-6.18"))
+    data = read_tree(TREES / "linux-6.18")
     assert data.port_range == (40000, 40999)
     assert data.reserved_ports == ((40100, 40109), (40500, 40500))
     assert data.reserved_count() == 11
@@ -31,7 +36,7 @@ def test_recorded_tree() -> None:
 
 
 def test_old_kernel_tree_has_recycle_and_lacks_newer_sysctls() -> None:
-    data = read_sysctls(view(TREES / "linux-4.9"))
+    data = read_tree(TREES / "linux-4.9")
     assert data.values == {
         "tcp_tw_reuse": 1,
         "tcp_tw_recycle": 0,
@@ -64,7 +69,7 @@ def test_corrupt_value_is_a_source_error(tree: Path, name: str) -> None:
     target = tree / "proc/sys/net/ipv4" / name
     shutil.copyfile(FIXTURES / "corrupt" / f"{name}-garbage", target)
     with pytest.raises(SourceError, match=name):
-        read_sysctls(view(tree))
+        read_tree(tree)
 
 
 def test_namespace_values_set_by_the_test(netns: Netns) -> None:
@@ -72,12 +77,12 @@ def test_namespace_values_set_by_the_test(netns: Netns) -> None:
     netns.sysctl("net.ipv4.tcp_max_tw_buckets", "5000")
     netns.sysctl("net.ipv4.ip_local_reserved_ports", "40010-40019,40500")
     netns.sysctl("net.ipv4.tcp_fin_timeout", "17")
-    with netns.inside():
-        data = read_sysctls(NetnsView(netns.name, Path("/proc/net"), Path("/proc/sys/net")))
+    with netns.context() as context:
+        data = read_sysctls(context)
     assert data.port_range == (40000, 40999)
     assert data.values["tcp_max_tw_buckets"] == 5000
     assert data.values["tcp_fin_timeout"] == 17
     assert data.values["tcp_tw_reuse"] == 0
     assert data.reserved_count() == 11
-    host = read_sysctls(NetnsView("host", Path("/proc/net"), Path("/proc/sys/net")))
+    host = read_tree(Path("/"))
     assert host.port_range != (40000, 40999)  # per-namespace, not the host's
