@@ -21,16 +21,19 @@ def _kernel_reason() -> str | None:
 
 
 @pytest.fixture
-def netns(request: pytest.FixtureRequest) -> Iterator[Netns]:
-    """A fresh named namespace with lo up, tcp_rfc1337=1 and tcp_tw_reuse=0.
-
-    Skipped with the reason when not root or without `ip netns`; under CI=true kernel
-    tests must run, so the same condition fails instead."""
+def kernel() -> None:
+    """Kernel tests build their own namespaces: skipped with the reason when not root or
+    without `ip netns`; under CI=true they must run, so the same condition fails instead."""
     reason = _kernel_reason()
     if reason is not None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"kernel test cannot run under CI=true: {reason}")
         pytest.skip(reason)
+
+
+@pytest.fixture
+def netns(kernel: None) -> Iterator[Netns]:
+    """A fresh named namespace with lo up, tcp_rfc1337=1 and tcp_tw_reuse=0."""
     with new_netns() as namespace:
         yield namespace
 

@@ -123,12 +123,7 @@ class Netns:
 
     def ss_states(self, *flags: str) -> Counter[tuple[str, str]]:
         """(family, state) → count from `ss -tan` (-4 and -6 separately)."""
-        counts: Counter[tuple[str, str]] = Counter()
-        for family, flag in (("ipv4", "-4"), ("ipv6", "-6")):
-            out = self.run("ss", "-tanH", flag, *flags).stdout
-            for line in out.splitlines():
-                counts[(family, SS_STATES[line.split()[0]])] += 1
-        return counts
+        return ss_states(["ip", "netns", "exec", self.name], *flags)
 
     def new_socket(self, family: int = socket.AF_INET) -> socket.socket:
         with self.inside():
@@ -156,6 +151,50 @@ class Netns:
         for sock in self.held:
             sock.close()
         self.held.clear()
+
+
+def ss_states(prefix: list[str], *flags: str) -> Counter[tuple[str, str]]:
+    """(family, state) → count from `ss -tan` run after `prefix` (which enters the
+    namespace: `ip netns exec NAME` or `nsenter --net=/proc/PID/ns/net`)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for family, flag in (("ipv4", "-4"), ("ipv6", "-6")):
+        out = subprocess.run(
+            [*prefix, "ss", "-tanH", flag, *flags],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        for line in out.splitlines():
+            counts[(family, SS_STATES[line.split()[0]])] += 1
+    return counts
+
+
+def nsenter(pid: int) -> list[str]:
+    return ["nsenter", f"--net=/proc/{pid}/ns/net"]
+
+
+def sockets_script(port_range: str, timewait: int, established: int) -> str:
+    """Python run inside an unnamed namespace: its own port range, a listener on
+    127.0.0.1:8080, `timewait` outbound TIME-WAIT sockets and `established` pairs."""
+    return f"""
+import select, socket
+open('/proc/sys/net/ipv4/ip_local_port_range', 'w').write({port_range!r})
+listener = socket.socket()
+listener.bind(('127.0.0.1', 8080))
+listener.listen(64)
+held = [listener]
+for i in range({timewait} + {established}):
+    client = socket.create_connection(('127.0.0.1', 8080))
+    server, _ = listener.accept()
+    if i < {timewait}:
+        client.close()
+        select.select([server], [], [], 5)
+        server.recv(16)
+        server.close()
+    else:
+        held += [client, server]
+"""
 
 
 @contextmanager
@@ -272,3 +311,33 @@ def populate_all_states(netns: Netns) -> None:
     mapped = netns.listen("::", 8081, family=socket.AF_INET6, v6only=False)
     connect(netns, "", ("127.0.0.1", 8081))
     netns.held.append(mapped.accept()[0])
+
+
+@contextmanager
+def unnamed_namespace(script: str = "") -> Iterator[subprocess.Popen[str]]:
+    """A namespace kept alive only by a process (`unshare -n`), with lo up, tcp_rfc1337=1
+    and tcp_tw_reuse=0. `script` (Python) runs inside before "ready" is printed; the
+    process then waits for stdin to close, so its sockets live as long as the context."""
+    program = (
+        "import subprocess, sys\n"
+        "subprocess.run(['ip', 'link', 'set', 'lo', 'up'], check=True)\n"
+        "for key in ('tcp_rfc1337', 'tcp_tw_reuse'):\n"
+        "    open(f'/proc/sys/net/ipv4/{key}', 'w').write('1' if key == 'tcp_rfc1337' else '0')\n"
+        f"{script}\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    process = subprocess.Popen(
+        ["unshare", "-n", sys.executable, "-c", program],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"unshare -n process failed (exit {process.wait()})")
+        yield process
+    finally:
+        process.kill()
+        process.wait()

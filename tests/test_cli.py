@@ -3,6 +3,7 @@ on recorded trees through --path.procfs / --path.sysfs."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
@@ -16,7 +17,17 @@ from exporter.sources.netstat import DEFAULT_FIELDS, parse_netstat, snake_case
 from exporter.sources.slab import CACHES, read_sysfs_cache
 from tests.conftest import FIXTURES
 from tests.exposition import samples, series, value
-from tests.kernel import Netns, populate_all_states, time_wait_pairs
+from tests.kernel import (
+    Netns,
+    connect,
+    nsenter,
+    populate_all_states,
+    sockets_script,
+    ss_states,
+    time_wait_pairs,
+    unnamed_namespace,
+)
+from tests.kernel import new_netns as kernel_netns
 
 EXPORTER = [sys.executable, "-m", "exporter"]
 
@@ -176,3 +187,55 @@ def test_bad_flags_are_rejected() -> None:
     for args in (["--collector.netstat.fields", "("], ["--poll.interval", "0"]):
         result = subprocess.run([*EXPORTER, "dump", *args], capture_output=True, text=True)
         assert result.returncode == 2, args
+
+
+def test_dump_from_the_host_equals_ss_in_every_namespace(kernel: None) -> None:
+    """Default flags, run from the host: 3 named namespaces and 2 unnamed ones kept alive
+    only by a process, each with its own sockets and port range, each equal to `ss` run
+    inside it, state by state."""
+    with contextlib.ExitStack() as stack:
+        expected_range: dict[str, tuple[int, int]] = {}
+        ss_prefix: dict[str, list[str]] = {}
+        for i in range(3):
+            ns = stack.enter_context(kernel_netns())
+            low = 30000 + 1000 * i
+            ns.sysctl("net.ipv4.ip_local_port_range", f"{low} {low + 499}")
+            listener = ns.listen("127.0.0.1", 8080)
+            time_wait_pairs(ns, listener, 3 + i)
+            for _ in range(i + 1):
+                connect(ns, "", ("127.0.0.1", 8080))
+                ns.held.append(listener.accept()[0])
+            expected_range[ns.name] = (low, low + 499)
+            ss_prefix[ns.name] = ["ip", "netns", "exec", ns.name]
+        for i in range(2):
+            low = 50000 + 1000 * i
+            script = sockets_script(f"{low} {low + 99}", timewait=2 + i, established=i)
+            process = stack.enter_context(unnamed_namespace(script))
+            label = f"ino-{Path(f'/proc/{process.pid}/ns/net').stat().st_ino}"
+            expected_range[label] = (low, low + 99)
+            ss_prefix[label] = nsenter(process.pid)
+        for _ in range(5):
+            before = {label: ss_states(prefix) for label, prefix in ss_prefix.items()}
+            result = subprocess.run(
+                [*EXPORTER, "dump"], capture_output=True, text=True, timeout=120, check=True
+            )
+            after = {label: ss_states(prefix) for label, prefix in ss_prefix.items()}
+            if before == after:
+                break
+        parsed = samples(result.stdout)
+        info = {dict(k)["netns"] for k in series(parsed, "tcptw_netns_info")}
+        assert "host" in info and set(expected_range) <= info
+        for label, states in before.items():
+            ours = {
+                (dict(k)["family"], dict(k)["state"]): v
+                for k, v in series(parsed, "tcptw_sockets").items()
+                if dict(k)["netns"] == label and v
+            }
+            assert ours == dict(states), label
+            low, high = expected_range[label]
+            assert value(parsed, "tcptw_sysctl_ip_local_port_range_min", netns=label) == low
+            assert value(parsed, "tcptw_sysctl_ip_local_port_range_max", netns=label) == high
+            assert value(parsed, "tcptw_ephemeral_ports_available", netns=label) == high - low + 1
+            for source in ("sockdiag", "netstat", "sockstat", "sysctl"):
+                assert value(parsed, "tcptw_source_success", netns=label, source=source) == 1
+        assert "error" not in result.stderr

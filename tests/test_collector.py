@@ -26,7 +26,8 @@ GOLDEN = FIXTURES / "golden"
 # Values that differ on every run: durations, timestamps, the interpreter's version.
 VOLATILE = re.compile(
     r"^((tcptw_source_duration_seconds|tcptw_poll_duration_seconds"
-    r"|tcptw_last_poll_timestamp_seconds|tcptw_netns_poll_duration_seconds)(\{[^}]*\})?) .*$|python_version=\"[^\"]*\"",
+    r"|tcptw_last_poll_timestamp_seconds|tcptw_netns_poll_duration_seconds)(\{[^}]*\})?) .*$"
+    r"|python_version=\"[^\"]*\"",
     re.M,
 )
 

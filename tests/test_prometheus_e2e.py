@@ -63,6 +63,7 @@ def test_prometheus_scrapes_the_exporter_and_our_alerts_go_pending(
             "-m",
             "exporter",
             "serve",
+            "--netns=self",
             "--poll.interval",
             "1",
             "--web.listen-address",
