@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.config import Config
 from exporter.registry import HOST_SOURCES, NETNS_SOURCES
-from exporter.snapshot import Snapshot
+from exporter.snapshot import HOST, Snapshot
 
 OUTCOMES = ("dumped", "skipped", "read", "deferred", "failed")
 
@@ -74,12 +74,14 @@ def _self_metrics(snapshot: Snapshot) -> Iterator[Metric]:
     )
     duration = GaugeMetricFamily(
         "tcptw_source_duration_seconds",
-        "Time the source took in the namespace's last poll",
+        "Time a host-wide source took in the last poll (per namespace, all sources "
+        "together: tcptw_netns_poll_duration_seconds)",
         labels=["netns", "source"],
     )
     for result in snapshot.results:
         success.add_metric([result.netns, result.source], 1 if result.ok else 0)
-        duration.add_metric([result.netns, result.source], result.duration_seconds)
+        if result.netns == HOST:
+            duration.add_metric([result.netns, result.source], result.duration_seconds)
     yield success
     yield duration
     yield GaugeMetricFamily(

@@ -142,15 +142,19 @@ class NetnsContext:
 
 
 def _pread_all(fd: int, where: str) -> str:
+    """The whole file from offset 0. A short read is the end: seq_file reads fill the
+    buffer until the last record (fs/seq_file.c, seq_read_iter), sysctl handlers return
+    the whole value at once."""
     chunks: list[bytes] = []
     offset = 0
+    size = 1 << 16
     try:
         while True:
-            chunk = os.pread(fd, 1 << 16, offset)
-            if not chunk:
-                break
+            chunk = os.pread(fd, size, offset)
             chunks.append(chunk)
             offset += len(chunk)
+            if len(chunk) < size:
+                break
     except OSError as exc:
         raise SourceError(f"cannot read {where}: {exc.strerror or exc}") from exc
     return decode_text(b"".join(chunks), where)

@@ -127,9 +127,9 @@ def render_ports(rows: Rows[SocketStats], config: Config) -> Iterator[Metric]:
     )
     folded = GaugeMetricFamily(
         "tcptw_buckets_folded",
-        "Buckets summed into the other series of a metric (beyond the node-wide "
-        "--buckets.top or under --buckets.min-sockets); present where any were" + LAST_POLL,
-        labels=["netns", "metric"],
+        "Buckets of the whole node summed into the namespaces' other series, per direction "
+        "(beyond the node-wide --buckets.top or under --buckets.min-sockets)" + LAST_POLL,
+        labels=["direction"],
     )
     node = select_node_top(usages, config.buckets.top)
     for netns, row in node.outbound:
@@ -142,8 +142,6 @@ def render_ports(rows: Rows[SocketStats], config: Config) -> Iterator[Metric]:
         used.add_metric(labels, rest.sockets)
         capacity.add_metric(labels, rest.capacity)
         out_tw.add_metric(labels, rest.timewait)
-        for family in (used, capacity, out_tw):
-            folded.add_metric([netns, family.name], rest.buckets)
     for netns, irow in node.inbound:
         labels = [netns, irow.local_addr, irow.local_port, irow.remote_addr]
         inbound.add_metric(labels, irow.sockets)
@@ -152,8 +150,8 @@ def render_ports(rows: Rows[SocketStats], config: Config) -> Iterator[Metric]:
         labels = [netns, OTHER, OTHER, OTHER]
         inbound.add_metric(labels, rest.sockets)
         in_tw.add_metric(labels, rest.timewait)
-        for family in (inbound, in_tw):
-            folded.add_metric([netns, family.name], rest.buckets)
+    folded.add_metric(["outbound"], sum(r.buckets for r in node.outbound_other.values()))
+    folded.add_metric(["inbound"], sum(r.buckets for r in node.inbound_other.values()))
     for netns, usage in usages:
         max_ratio.add_metric([netns], usage.max_ratio)
         in_use.add_metric([netns], usage.ephemeral_in_use)

@@ -42,6 +42,7 @@ from exporter.sources.inet_diag import (
 
 BATCH_BYTES = 1 << 20  # decode once this much is buffered
 BUFFERS = 3  # one being filled, one being decoded, one spare
+SYNC_BYTES = 128 << 10  # read before a dump is handed to the pipeline (DiagSocket.receive)
 RECV_WINDOW = 64 << 10  # > the largest dump skb (32 KiB), so no reply is ever truncated
 # During a dump the kernel fills at most one more skb per recvmsg(), and only while
 # sk_rmem_alloc <= sk_rcvbuf / 2 (netlink_recvmsg), so a large SO_RCVBUF buys nothing; 1 MiB
@@ -118,15 +119,43 @@ class DiagSocket:
         return self._seq
 
     def receive(self, seq: int, consumer: BatchConsumer, buffers: Buffers) -> None:
-        """Receive and decode the replies to request `seq` (see `dump`)."""
+        """Receive and decode the replies to request `seq` (see `dump`).
+
+        The first SYNC_BYTES are read on this thread: a namespace with few sockets
+        answers in a skb or two (the kernel sends NLMSG_DONE in the skb after the last
+        records) and is done without a second thread. Longer dumps go on in the pipeline,
+        from where these reads left off."""
+        first = buffers[0]
+        filled = 0
+        while filled < SYNC_BYTES:
+            start = filled
+            try:
+                with memoryview(first) as view:
+                    filled += self._recv_chunk(view, filled)
+            except OSError as exc:
+                raise _receive_error(exc) from exc
+            if not _ends_dump(first, start, filled, seq, self.pid):
+                continue
+            with memoryview(first) as view:
+                batch, end = decode_batch(view, filled, seq, self.pid, TCPDIAG_GETSOCK)
+            if end.done:
+                if len(batch):
+                    consumer.add(batch)
+                if end.interrupted:
+                    raise DumpInterrupted("sock_diag dump was interrupted")
+                return
+        self._pipeline(seq, consumer, buffers, filled)
+
+    def _pipeline(self, seq: int, consumer: BatchConsumer, buffers: Buffers, filled: int) -> None:
+        """The rest of a dump over two threads; buffers[0] already holds `filled` bytes."""
         free: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
-        filled: queue.SimpleQueue[tuple[bytearray, int, bool] | BaseException] = queue.SimpleQueue()
+        ready: queue.SimpleQueue[tuple[bytearray, int, bool] | BaseException] = queue.SimpleQueue()
         verdicts: queue.SimpleQueue[bool] = queue.SimpleQueue()
-        for buffer in buffers:
+        for buffer in buffers[1:]:
             free.put(buffer)
         receiver = threading.Thread(
             target=self._receive,
-            args=(seq, free, filled, verdicts),
+            args=(seq, free, ready, verdicts, buffers[0], filled),
             daemon=True,
             name="sockdiag-recv",
         )
@@ -134,7 +163,7 @@ class DiagSocket:
         interrupted = False
         try:
             while True:
-                item = filled.get()
+                item = ready.get()
                 if isinstance(item, BaseException):
                     raise item
                 buffer, length, maybe_end = item
@@ -157,42 +186,57 @@ class DiagSocket:
         if interrupted:
             raise DumpInterrupted("sock_diag dump was interrupted")
 
+    def _recv_chunk(self, view: memoryview, pos: int) -> int:
+        """One recvmsg() into view[pos:]: one whole skb, never truncated."""
+        window = view[pos : pos + RECV_WINDOW]
+        try:
+            nbytes, _, msg_flags, _ = self.sock.recvmsg_into([window])
+        finally:
+            window.release()
+        if msg_flags & socket.MSG_TRUNC:
+            raise DiagProtocolError("netlink reply truncated by the buffer")
+        if nbytes == 0:
+            raise DiagProtocolError("netlink socket returned no data")
+        return int(nbytes)
+
     def _receive(
         self,
         seq: int,
         free: queue.SimpleQueue[bytearray | None],
-        filled: queue.SimpleQueue[tuple[bytearray, int, bool] | BaseException],
+        ready: queue.SimpleQueue[tuple[bytearray, int, bool] | BaseException],
         verdicts: queue.SimpleQueue[bool],
+        buffer: bytearray | None,
+        pos: int,
     ) -> None:
-        """Fill buffers with whole skbs until the decoder confirms the dump is over."""
+        """Fill buffers with whole skbs until the decoder confirms the dump is over,
+        starting with `buffer`, which holds `pos` bytes already."""
         try:
             while True:
-                buffer = free.get()
                 if buffer is None:
-                    return
-                pos = 0
+                    buffer = free.get()
+                    if buffer is None:
+                        return
+                    pos = 0
                 maybe_end = False
                 with memoryview(buffer) as view:
                     while pos < BATCH_BYTES and not maybe_end:
-                        window = view[pos : pos + RECV_WINDOW]
-                        nbytes, _, msg_flags, _ = self.sock.recvmsg_into([window])
-                        window.release()
-                        if msg_flags & socket.MSG_TRUNC:
-                            raise DiagProtocolError("netlink reply truncated by the buffer")
-                        if nbytes == 0:
-                            raise DiagProtocolError("netlink socket returned no data")
-                        maybe_end = _ends_dump(buffer, pos, pos + nbytes, seq, self.pid)
-                        pos += nbytes
-                filled.put((buffer, pos, maybe_end))
+                        start = pos
+                        pos += self._recv_chunk(view, pos)
+                        maybe_end = _ends_dump(buffer, start, pos, seq, self.pid)
+                ready.put((buffer, pos, maybe_end))
+                buffer = None
                 if maybe_end and verdicts.get():
                     return
         except OSError as exc:
-            if exc.errno == errno.ENOBUFS:  # the kernel dropped replies: redo the dump
-                filled.put(DumpInterrupted(f"sock_diag receive buffer overrun: {exc}"))
-            else:
-                filled.put(exc)
+            ready.put(_receive_error(exc))
         except BaseException as exc:
-            filled.put(exc)
+            ready.put(exc)
+
+
+def _receive_error(exc: OSError) -> Exception:
+    if exc.errno == errno.ENOBUFS:  # the kernel dropped replies: redo the dump
+        return DumpInterrupted(f"sock_diag receive buffer overrun: {exc}")
+    return exc
 
 
 def _ends_dump(buffer: bytearray, start: int, end: int, seq: int, pid: int) -> bool:

@@ -1,0 +1,106 @@
+"""Runs on the host (`python -m benchmarks.node_worker NS...`): holds a sock_diag socket
+opened inside each named namespace, then reads one method name per line on stdin, times
+it, answers one JSON line.
+
+  exporter  the exporter's full poll of every namespace of the node (default flags)
+  floor     the exporter's own dump requests in every namespace, received and discarded,
+            one namespace after another on one thread
+  floor-v2  the per-family dumps (AF_INET, AF_INET6) ss makes, likewise
+  ss        `ss -tan` in every namespace (`ss -N NAME`), one after another
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+from prometheus_client import generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from benchmarks.worker import FLOOR_REQUESTS, FLOOR_V2_REQUESTS, drain, vm_hwm_bytes
+from exporter.collector import SnapshotCollector
+from exporter.config import Config
+from exporter.context import raise_fd_limit
+from exporter.netns import entered
+from exporter.poller import Poller
+from exporter.sources.netstat import DEFAULT_FIELDS
+from exporter.sources.sockdiag import DiagSocket
+
+
+def cpu(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)  # RUSAGE_SELF: every thread of this process
+    return usage.ru_utime + usage.ru_stime
+
+
+def children_cpu() -> float:
+    return cpu(resource.RUSAGE_CHILDREN)
+
+
+def main() -> None:
+    raise_fd_limit()
+    sockets = [DiagSocket()]  # the host's own namespace
+    for name in sys.argv[1:]:
+        with entered(f"/run/netns/{name}"):
+            sockets.append(DiagSocket())
+    config = Config(netstat_fields=re.compile(DEFAULT_FIELDS))  # the CLI's defaults
+    poller = Poller(config)
+    collector = SnapshotCollector(config)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    series = [0]
+    namespaces = [0]
+
+    def exporter() -> None:
+        """One poll and its rendering, as the daemon does once per poll."""
+        snapshot = poller.poll_once()
+        collector.update(snapshot)
+        text = generate_latest(registry).decode()
+        series[0] = sum(1 for line in text.splitlines() if line and line[0] != "#")
+        namespaces[0] = len(snapshot.namespaces)
+
+    def floor(requests: list[bytes]) -> Callable[[], None]:
+        def run() -> None:
+            for diag in sockets:
+                drain(diag, requests)
+
+        return run
+
+    def ss() -> None:
+        subprocess.run(["ss", "-tan"], stdout=subprocess.DEVNULL, check=True)
+        for name in sys.argv[1:]:
+            subprocess.run(["ss", "-tan", "-N", name], stdout=subprocess.DEVNULL, check=True)
+
+    methods = {
+        "exporter": exporter,
+        "floor": floor(FLOOR_REQUESTS),
+        "floor-v2": floor(FLOOR_V2_REQUESTS),
+        "ss": ss,
+    }
+    for line in sys.stdin:
+        method = line.strip()
+        clock = children_cpu if method == "ss" else cpu
+        cpu_before, start = clock(), time.perf_counter()
+        methods[method]()
+        wall, used = time.perf_counter() - start, clock() - cpu_before
+        print(
+            json.dumps(
+                {
+                    "method": method,
+                    "wall": wall,
+                    "cpu": used,
+                    "rss": vm_hwm_bytes("self"),
+                    "series": series[0],
+                    "namespaces": namespaces[0],
+                }
+            ),
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
