@@ -2,15 +2,14 @@
 #
 #   docker build -t timewait-exporter:0.1.0 .
 #   docker run --rm --network host --pid host \
-#     --cap-drop ALL --cap-add NET_ADMIN --cap-add SYS_ADMIN --cap-add SYS_PTRACE \
-#     --security-opt apparmor=unconfined \
-#     -v /proc:/host/proc:ro -v /sys:/host/sys:ro \
-#     -v /run/netns:/run/netns:ro,rslave \
+#     --cap-drop ALL --cap-add SYS_ADMIN --cap-add SYS_PTRACE \
+#     --security-opt apparmor=unconfined --security-opt no-new-privileges \
+#     -v /proc:/host/proc:ro -v /sys:/host/sys:ro -v /var/log/pods:/var/log/pods:ro \
 #     timewait-exporter:0.1.0 serve --path.procfs=/host/proc --path.sysfs=/host/sys
 #
 # The image runs as root ON PURPOSE. The exporter enters other network namespaces with
-# setns(2) (CAP_SYS_ADMIN), gets socket marks from sock_diag netlink (CAP_NET_ADMIN) and
-# opens /proc/<pid>/ns/net of other users' processes (CAP_SYS_PTRACE). Kubernetes and
+# setns(2) (CAP_SYS_ADMIN) and opens /proc/<pid>/ns/net of other users' processes and
+# /proc/1/root/<nsfs mount> (CAP_SYS_PTRACE). Kubernetes and
 # Docker only make added capabilities effective for uid 0 (there are no ambient
 # capabilities), so a non-root user would hold none of them. Contain it instead: drop
 # every other capability, mount the root filesystem read-only, and bind /proc and /sys

@@ -10,12 +10,16 @@ Loads (each built fresh, torn down after):
 - node-shaped again with net.ipv4.tcp_child_ehash_entries=65536 set on the host before
   the namespaces are created, so each gets its own established hash.
 
-Per load, `--rounds` rounds of: the exporter's full poll of every namespace (default
-flags, then rendered, as the daemon does once per poll); the floor, i.e. the same
-per-namespace dumps received and discarded one namespace after another; the per-family
-dumps ss makes, likewise; `ss -tan` in every namespace. Then /metrics latency while the
-daemon polls every second. The report replaces the section between the markers
-NODE_BEGIN and NODE_END of the markdown file.
+TIME-WAIT sockets expire 60 s after they were made, so the busy namespace is filled last,
+right before the measurements, and everything is measured within that minute: `--rounds`
+pairs of the exporter's full poll of every namespace (default flags, then rendered, as the
+daemon does once per poll) and the floor, i.e. the same per-namespace dumps received and
+discarded one namespace after another, measured back to back (wall / floor is the median
+of the pairs' ratios); then the exporter with one worker, the per-family dumps ss makes
+(likewise one namespace after another) and `ss -tan` in every namespace, twice each; then
+/metrics latency while the daemon polls every second. The exporter reports the busy
+namespace's TIME-WAIT count at every poll, so the load is shown to be there. The report
+replaces the section between the markers NODE_BEGIN and NODE_END of the markdown file.
 """
 
 from __future__ import annotations
@@ -36,14 +40,16 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.load import loaded_namespace
+from benchmarks.run import NODE_BEGIN as BEGIN
+from benchmarks.run import NODE_END as END
 from benchmarks.run import ROOT, free_port
 from benchmarks.worker import process_cpu, vm_hwm_bytes
 from exporter.netns import entered
 
-BEGIN, END = "<!-- NODE_BEGIN -->", "<!-- NODE_END -->"
 CHILD_EHASH = Path("/proc/sys/net/ipv4/tcp_child_ehash_entries")
 LABELS = {
     "exporter": "timewait-exporter full poll + render",
+    "exporter1": "the same, --poll.workers=1",
     "floor": "floor: the same dumps, one namespace after another",
     "floor-v2": "per-family dumps (as ss makes them), one namespace after another",
     "ss": "`ss -tan` in every namespace",
@@ -83,7 +89,6 @@ def node(load: Load) -> Iterator[list[str]]:
         try:
             if load.child_ehash:
                 CHILD_EHASH.write_text(str(load.child_ehash))
-            loaded = stack.enter_context(loaded_namespace(load.busy))
             for i in range(load.active + load.empty):
                 name = f"{tag}-{i}"
                 run("ip", "netns", "add", name)
@@ -92,6 +97,7 @@ def node(load: Load) -> Iterator[list[str]]:
                 if i < load.active:
                     with entered(f"/run/netns/{name}"):
                         held += few_connections()
+            loaded = stack.enter_context(loaded_namespace(load.busy))  # last: see above
             yield [loaded.name, *names]
         finally:
             for sock in held:
@@ -120,7 +126,8 @@ def few_connections() -> list[socket.socket]:
     return held
 
 
-def measure(names: list[str], rounds: int) -> dict[str, Row]:
+def measure(names: list[str], rounds: int) -> tuple[dict[str, Row], list[float], list[int]]:
+    """Rows by method, the paired exporter/floor ratios, the busy TIME-WAIT counts seen."""
     worker = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.node_worker", *names],
         cwd=ROOT,
@@ -129,28 +136,40 @@ def measure(names: list[str], rounds: int) -> dict[str, Row]:
         text=True,
     )
     assert worker.stdin is not None and worker.stdout is not None
-    methods = ["exporter", "floor", "floor-v2", "ss"]
-    rows = {m: Row() for m in methods}
-    try:
-        worker.stdin.write("exporter\n")  # warm-up: opens every namespace once
+    rows = {m: Row() for m in LABELS}
+    ratios: list[float] = []
+    busy: list[int] = []
+
+    def ask(method: str) -> float:
+        assert worker.stdin is not None and worker.stdout is not None
+        worker.stdin.write(method + "\n")
         worker.stdin.flush()
-        worker.stdout.readline()
+        answer = json.loads(worker.stdout.readline())
+        row = rows[method]
+        row.walls.append(answer["wall"])
+        row.cpus.append(answer["cpu"])
+        if method.startswith("exporter"):
+            row.rss, row.series = answer["rss"], answer["series"]
+            row.namespaces = answer["namespaces"]
+            busy.append(answer["busy_timewait"])
+        return float(answer["wall"])
+
+    try:
+        for warm_up in ("exporter", "exporter1"):  # opens every namespace once
+            ask(warm_up)
+            rows[warm_up] = Row()
+        busy.clear()
         for r in range(rounds):
-            for method in methods[r % len(methods) :] + methods[: r % len(methods)]:
-                worker.stdin.write(method + "\n")
-                worker.stdin.flush()
-                answer = json.loads(worker.stdout.readline())
-                row = rows[method]
-                row.walls.append(answer["wall"])
-                row.cpus.append(answer["cpu"])
-                if method == "exporter":
-                    row.rss = answer["rss"]
-                    row.series = answer["series"]
-                    row.namespaces = answer["namespaces"]
+            pair = ("exporter", "floor") if r % 2 == 0 else ("floor", "exporter")
+            walls = {method: ask(method) for method in pair}
+            ratios.append(walls["exporter"] / walls["floor"])
+        for _ in range(2):
+            for method in ("exporter1", "floor-v2", "ss"):
+                ask(method)
     finally:
         worker.stdin.close()
         worker.wait()
-    return rows
+    return rows, ratios, busy
 
 
 def scrape_latency(seconds: float) -> dict[str, float]:
@@ -194,7 +213,9 @@ def scrape_latency(seconds: float) -> dict[str, float]:
     }
 
 
-def report(load: Load, rows: dict[str, Row], lat: dict[str, float]) -> list[str]:
+def report(
+    load: Load, rows: dict[str, Row], ratios: list[float], busy: list[int], lat: dict[str, float]
+) -> list[str]:
     floor = statistics.median(rows["floor"].walls)
     exporter = rows["exporter"]
     lines = [
@@ -203,7 +224,10 @@ def report(load: Load, rows: dict[str, Row], lat: dict[str, float]) -> list[str]
         f"{exporter.namespaces} namespaces (the host's included): one with {load.busy:,} "
         f"TIME-WAIT sockets, {load.active} with a listener and a few connections, "
         f"{load.empty} empty; tcp_child_ehash_entries={load.child_ehash}. "
-        f"Series exposed: **{exporter.series:,}**.",
+        f"TIME-WAIT sockets the exporter saw in the busy one: {min(busy):,}-{max(busy):,}. "
+        f"Series exposed: **{exporter.series:,}**. "
+        f"**Poll / floor: {statistics.median(ratios):.2f}** (median of {len(ratios)} pairs "
+        f"measured back to back: {', '.join(f'{r:.2f}' for r in ratios)}).",
         "",
         "| method | median wall | min | max | median CPU | peak RSS | wall / floor |",
         "|---|---|---|---|---|---|---|",
@@ -215,6 +239,8 @@ def report(load: Load, rows: dict[str, Row], lat: dict[str, float]) -> list[str]
             f"{min(row.walls) * 1000:.0f} ms | {max(row.walls) * 1000:.0f} ms | "
             f"{statistics.median(row.cpus) * 1000:.0f} ms | {rss} | "
             f"{statistics.median(row.walls) / floor:.2f} |"
+            if row.walls
+            else f"| {LABELS[method]} | - | - | - | - | - | - |"
         )
     lines += [
         "",
@@ -252,9 +278,9 @@ def main() -> None:
     ]
     for load in loads:
         with node(load) as names:
-            rows = measure(names, args.rounds)
+            rows, ratios, busy = measure(names, args.rounds)
             lat = scrape_latency(args.scrape_seconds)
-        lines = report(load, rows, lat)
+        lines = report(load, rows, ratios, busy, lat)
         print("\n".join(lines), flush=True)
         section += lines
     section.append(END)

@@ -3,6 +3,7 @@ opened inside each named namespace, then reads one method name per line on stdin
 it, answers one JSON line.
 
   exporter  the exporter's full poll of every namespace of the node (default flags)
+  exporter1 the same with --poll.workers=1
   floor     the exporter's own dump requests in every namespace, received and discarded,
             one namespace after another on one thread
   floor-v2  the per-family dumps (AF_INET, AF_INET6) ss makes, likewise
@@ -11,6 +12,7 @@ it, answers one JSON line.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import resource
@@ -28,6 +30,7 @@ from exporter.config import Config
 from exporter.context import raise_fd_limit
 from exporter.netns import entered
 from exporter.poller import Poller
+from exporter.socket_stats import SocketStats
 from exporter.sources.netstat import DEFAULT_FIELDS
 from exporter.sources.sockdiag import DiagSocket
 
@@ -48,20 +51,30 @@ def main() -> None:
         with entered(f"/run/netns/{name}"):
             sockets.append(DiagSocket())
     config = Config(netstat_fields=re.compile(DEFAULT_FIELDS))  # the CLI's defaults
-    poller = Poller(config)
     collector = SnapshotCollector(config)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
-    series = [0]
-    namespaces = [0]
+    pollers = {1: Poller(dataclasses.replace(config, poll_workers=1)), 2: Poller(config)}
+    busy = sys.argv[1]  # the first namespace named holds the big load
+    facts = {"series": 0, "namespaces": 0, "busy_timewait": 0}
 
-    def exporter() -> None:
-        """One poll and its rendering, as the daemon does once per poll."""
-        snapshot = poller.poll_once()
-        collector.update(snapshot)
-        text = generate_latest(registry).decode()
-        series[0] = sum(1 for line in text.splitlines() if line and line[0] != "#")
-        namespaces[0] = len(snapshot.namespaces)
+    def exporter(workers: int) -> Callable[[], None]:
+        def run() -> None:
+            """One poll and its rendering, as the daemon does once per poll."""
+            snapshot = pollers[workers].poll_once()
+            collector.update(snapshot)
+            text = generate_latest(registry).decode()
+            facts["series"] = sum(1 for line in text.splitlines() if line and line[0] != "#")
+            facts["namespaces"] = len(snapshot.namespaces)
+            facts["busy_timewait"] = sum(
+                value
+                for r in snapshot.results
+                if r.netns == busy and r.source == "sockdiag" and isinstance(r.data, SocketStats)
+                for (_, state), value in r.data.states.items()
+                if state == "time_wait"
+            )
+
+        return run
 
     def floor(requests: list[bytes]) -> Callable[[], None]:
         def run() -> None:
@@ -76,7 +89,8 @@ def main() -> None:
             subprocess.run(["ss", "-tan", "-N", name], stdout=subprocess.DEVNULL, check=True)
 
     methods = {
-        "exporter": exporter,
+        "exporter": exporter(2),
+        "exporter1": exporter(1),
         "floor": floor(FLOOR_REQUESTS),
         "floor-v2": floor(FLOOR_V2_REQUESTS),
         "ss": ss,
@@ -94,8 +108,7 @@ def main() -> None:
                     "wall": wall,
                     "cpu": used,
                     "rss": vm_hwm_bytes("self"),
-                    "series": series[0],
-                    "namespaces": namespaces[0],
+                    **facts,
                 }
             ),
             flush=True,

@@ -12,11 +12,12 @@ no longer finds is closed and its series vanish with the next snapshot.
 Sources fail alone: an exception becomes a failed SourceResult and a log line on each
 change of state (ok to failed, failed to ok, or a new error).
 
-Budget: a poll given `budget` seconds starts no new namespace once they have passed.
-Namespaces left over keep their last figures (tcptw_netns_poll_age_seconds grows) and go
-first next time; among equals the costliest goes first, so two workers finish together.
-Every namespace is thus read at least every few polls, however many there are, and a
-poll overruns the budget by at most one namespace's dump.
+Budget: a poll given `budget` seconds starts no new namespace once they have passed,
+except that each worker reads at least one. Namespaces left over keep their last figures
+(tcptw_netns_poll_age_seconds grows) and go first next time, those deferred most often
+first; among equals the costliest goes first, so two workers finish together. Every
+namespace is thus read again within a bounded number of polls, however many there are,
+and a poll overruns the budget by at most one namespace's dump per worker.
 """
 
 from __future__ import annotations
@@ -158,17 +159,28 @@ class Poller:
         self._tracked.clear()
 
     def _work(self, work: _Work, slot: int) -> None:
+        first = True  # each worker reads at least one namespace per poll: no starvation
         while True:
             with work.lock:
                 if not work.queue:
                     return
                 tracked = work.queue.popleft()
             late = work.deadline is not None and time.perf_counter() > work.deadline
-            if late and tracked.read_at is not None:
+            if late and not first and tracked.read_at is not None:
                 tracked.missed += 1
                 tracked.outcome = "deferred"
                 continue
-            self._poll_namespace(tracked, self._buffers[slot], work.started_at)
+            first = False
+            try:
+                self._poll_namespace(tracked, self._buffers[slot], work.started_at)
+            except Exception as exc:  # a bug must cost one namespace, not the poll
+                log.exception("namespace poll failed", netns=tracked.label)
+                tracked.results = tuple(
+                    SourceResult(s.name, tracked.label, False, 0.0, None, _describe(exc))
+                    for s in NETNS_SOURCES
+                    if self.config.enabled(s.name)
+                )
+                tracked.read_at, tracked.outcome = work.started_at, "failed"
 
     def _poll_namespace(self, tracked: Tracked, buffers: Buffers, started_at: float) -> None:
         begin = time.perf_counter()

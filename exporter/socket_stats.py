@@ -14,7 +14,7 @@ from exporter.buckets import BucketOptions, BucketTally
 from exporter.capacity import PortPolicy, PortUsage, summarize
 from exporter.sources.inet_diag import (
     FAMILIES,
-    TCP_STATES,
+    REPORTED_STATES,
     Batch,
     DumpInterrupted,
     port_filter_bytecode,
@@ -27,7 +27,8 @@ _FAMILY_BY_INDEX = {0: socket.AF_INET, 1: socket.AF_INET6}
 
 @dataclass(frozen=True, slots=True)
 class SocketStats:
-    # (family name, state name) → sockets; every state of every dumped family is present.
+    # (family name, state name) → sockets; every state a dump can return (REPORTED_STATES)
+    # of every family the kernel has is present, zeros included.
     states: dict[tuple[str, str], int]
     # Families the kernel cannot have (no IPv6 in it): absent, not 0.
     missing_families: tuple[str, ...]
@@ -63,7 +64,7 @@ class SocketTally:
         for index, family in _FAMILY_BY_INDEX.items():
             if FAMILIES[family] in missing:
                 continue
-            for state, name in TCP_STATES.items():
+            for state, name in REPORTED_STATES.items():
                 states[(FAMILIES[family], name)] = int(self._counts[index * 16 + state])
         ports = None
         if self._buckets is not None and self._policy is not None:

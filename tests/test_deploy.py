@@ -244,15 +244,23 @@ def test_daemonset_matches_image_and_exporter_flags() -> None:
     (container,) = pod["containers"]
     args = container["args"]
     assert args[0] == "serve", "args replace the image's CMD, so they must start with serve"
-    assert {"--path.procfs=/host/proc", "--path.sysfs=/host/sys"} <= set(args)
+    assert {
+        "--path.procfs=/host/proc",
+        "--path.sysfs=/host/sys",
+        "--path.pod-logs=/var/log/pods",
+    } <= set(args)
     assert [p["containerPort"] for p in container["ports"]] == [PORT]
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/metrics", "port": PORT}
-    caps = set(container["securityContext"]["capabilities"]["add"])
-    assert {"NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"} <= caps
+    context = container["securityContext"]
+    assert set(context["capabilities"]["add"]) == {"SYS_ADMIN", "SYS_PTRACE"}  # each explained
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert context["allowPrivilegeEscalation"] is False
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    assert mounts["/host/proc"]["readOnly"] and mounts["/host/sys"]["readOnly"]
-    assert mounts["/run/netns"]["mountPropagation"] == "HostToContainer"
+    assert all(mounts[path]["readOnly"] for path in ("/host/proc", "/host/sys", "/var/log/pods"))
+    comment = (K8S_DIR / "daemonset.yaml").read_text().split("apiVersion")[0]
+    for word in ("hostNetwork", "hostPID", "SYS_ADMIN", "SYS_PTRACE", "/var/log/pods"):
+        assert word in comment, f"the DaemonSet's header does not explain {word}"
 
     image, _, tag = container["image"].partition(":")
     kustomization = load_yaml(K8S_DIR / "kustomization.yaml")
@@ -301,3 +309,16 @@ def test_dashboard_structure_and_metrics() -> None:
     assert unknown_metrics(exprs) == set()
     datasources = {json.dumps(p["datasource"]) for p in panels if p.get("type") != "row"}
     assert datasources == {json.dumps({"type": "prometheus", "uid": "${datasource}"})}
+
+
+def test_systemd_unit_grants_exactly_the_explained_capabilities() -> None:
+    unit = (REPO / "deploy" / "systemd" / "timewait-exporter.service").read_text()
+    settings = dict(
+        line.split("=", 1) for line in unit.splitlines() if "=" in line and line[0] != "#"
+    )
+    granted = set(settings["AmbientCapabilities"].split())
+    assert granted == set(settings["CapabilityBoundingSet"].split())
+    assert granted == {"CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"}
+    header = unit.split("[Unit]")[0]
+    assert all(cap in header for cap in granted), "every capability is explained"
+    assert int(settings["LimitNOFILE"]) >= 16384  # descriptors kept per namespace

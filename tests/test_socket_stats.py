@@ -3,7 +3,7 @@ from __future__ import annotations
 from exporter.buckets import BucketOptions
 from exporter.capacity import PortPolicy
 from exporter.socket_stats import SocketTally
-from exporter.sources.inet_diag import TCP_STATES
+from exporter.sources.inet_diag import REPORTED_STATES
 from tests.kernel import Netns, populate_all_states, server_closes_first, time_wait_pairs
 
 
@@ -19,7 +19,7 @@ def test_state_counts_equal_ss(netns: Netns) -> None:
     assert ours[("ipv4", "time_wait")] == 8
     assert ours[("ipv6", "time_wait")] == 2
     assert ours[("ipv6", "established")] == 1  # the v4-mapped accepted socket
-    assert len(stats.states) == 2 * len(TCP_STATES)  # every state of both families
+    assert len(stats.states) == 2 * len(REPORTED_STATES)  # every state of both families
 
 
 def test_many_time_wait_sockets_across_batches(netns: Netns) -> None:
@@ -35,7 +35,7 @@ def test_many_time_wait_sockets_across_batches(netns: Netns) -> None:
 def test_empty_tally_reports_zero_for_every_state() -> None:
     stats = SocketTally().result(("ipv6",))
     assert stats.missing_families == ("ipv6",)
-    assert set(stats.states) == {("ipv4", s) for s in TCP_STATES.values()}
+    assert set(stats.states) == {("ipv4", s) for s in REPORTED_STATES.values()}
     assert set(stats.states.values()) == {0}
 
 

@@ -58,7 +58,11 @@ TCP_STATES: dict[int, str] = {
 }
 TCP_LISTEN = 10
 TCP_TIME_WAIT = 6
+TCP_CLOSE = 7
 ALL_STATES = sum(1 << s for s in TCP_STATES)  # 0xffe, TCPF_* bits
+# What a dump can return: a socket that reaches TCP_CLOSE leaves the hash tables at once
+# (tcp_set_state → unhash, net/ipv4/tcp.c), and the tables are all a dump walks.
+REPORTED_STATES = {state: name for state, name in TCP_STATES.items() if state != TCP_CLOSE}
 FAMILIES: dict[int, str] = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 
 # Offsets inside one record (nlmsghdr + inet_diag_msg).
