@@ -45,6 +45,14 @@ LABELS = {
 }
 
 
+FLOOR_TEXT = """\
+The floor is the exporter's own requests received and thrown away: one `TCPDIAG_GETSOCK`
+dump of listeners and one of every other state, each returning both families from one
+walk of the established hash. `ss` asks per family (`SOCK_DIAG_BY_FAMILY`), which walks
+the table twice; that row is the floor of the reports before the exporter switched
+requests."""
+
+
 @dataclass
 class Result:
     method: str
@@ -291,6 +299,8 @@ def main() -> None:
         "On this machine:",
         "",
         *machine(),
+        "",
+        *FLOOR_TEXT.splitlines(),
         "",
     ]
     headline = []
