@@ -13,7 +13,7 @@ Sources fail alone: an exception becomes a failed SourceResult and a log line on
 change of state (ok to failed, failed to ok, or a new error).
 
 Budget: a poll given `budget` seconds starts no new namespace once they have passed,
-except that each worker reads at least one. Namespaces left over keep their last figures
+except that each worker reads at least one and a namespace never read yet is always read. Namespaces left over keep their last figures
 (tcptw_netns_poll_age_seconds grows) and go first next time, those deferred most often
 first; among equals the costliest goes first, so two workers finish together. Every
 namespace is thus read again within a bounded number of polls, however many there are,
@@ -208,8 +208,7 @@ class Poller:
             for source in NETNS_SOURCES
             if cfg.enabled(source.name)
         ]
-        for topic in ("buckets",):
-            self._note(tracked.label, topic, poll.warnings.get(topic, ""), warning=True)
+        self._note(tracked.label, "buckets", poll.warnings.get("buckets", ""), warning=True)
         tracked.results = tuple(results)
         tracked.read_at, tracked.missed = started_at, 0
         tracked.duration = time.perf_counter() - begin
