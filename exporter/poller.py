@@ -16,9 +16,9 @@ Budget: a poll given `budget` seconds starts no new namespace once they have pas
 except that each worker reads at least one and a namespace never read yet is always read.
 Namespaces left over keep their last figures (tcptw_netns_poll_age_seconds grows) and go
 first next time, those deferred most often first; among equals the costliest goes first,
-so two workers finish together. Every
-namespace is thus read again within a bounded number of polls, however many there are,
-and a poll overruns the budget by at most one namespace's dump per worker.
+so two workers finish together. Every namespace is thus read again within a bounded
+number of polls, however many there are, and a poll overruns the budget by at most one
+namespace's dump per worker.
 """
 
 from __future__ import annotations
