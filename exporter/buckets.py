@@ -1,4 +1,5 @@
-"""Quadruplet buckets, counted in the same pass as the state counts.
+"""Quadruplet buckets, counted in the same pass as the state counts, without a Python
+object per socket or per bucket.
 
 A socket's quadruplet is (local addr, local port, remote addr, remote port). One end's port
 is the ephemeral one; the rest is the bucket:
@@ -11,10 +12,11 @@ is the ephemeral one; the rest is the bucket:
 
 IPv4-mapped IPv6 sockets (::ffff:a.b.c.d) count as IPv4: they share its port space.
 
-Addresses arrive as the kernel's four 32-bit words. Per batch, IPv4 keys are packed into
-63-bit integers (local address as an index into the
-batch's few distinct local addresses) and counted with one np.unique; IPv6 keys are counted
-as 35-byte strings. Only distinct buckets reach Python.
+Per batch, each direction's keys are packed and reduced with one np.unique into a sorted
+run of (key, count): IPv4 keys are 64-bit integers (local address as an index into the
+namespace's local addresses, remote address, port, TIME-WAIT bit); IPv6 keys are 35-byte
+strings. `buckets()` merges the runs once at the end, so memory is bounded by one batch's
+records plus the distinct buckets, whatever their number.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ import numpy.typing as npt
 
 from exporter.sources.inet_diag import TCP_LISTEN, TCP_TIME_WAIT, Batch
 
-# Bucket key: (is_ipv6, local addr as int, port, remote addr as int); the port is the
-# remote one for outbound buckets, the local one for inbound buckets.
-BucketKey = tuple[bool, int, int, int]
 _MAPPED_WORD = np.frombuffer(b"\0\0\xff\xff", dtype="<u4")[0]  # ::ffff:0:0/96, word 2
 _U64 = np.uint64
+# IPv4 key: local-address index (15 bits), remote address (32), port (16), TIME-WAIT (1).
+# The port is the remote one for outbound buckets, the local one for inbound buckets.
+_INDEX_SHIFT, _REMOTE_SHIFT, _PORT_SHIFT = 49, 17, 1
+INDEX_LIMIT = 1 << 15
+V6_KEY = 35  # local (16 bytes), remote (16), port (2, big-endian), TIME-WAIT (1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,20 +47,33 @@ class BucketOptions:
     inbound_ports: frozenset[int] | None = None  # None: every local port
 
 
+@dataclass(frozen=True, slots=True)
+class Buckets:
+    """Every distinct bucket of one direction, as parallel arrays sorted by key.
+
+    Addresses are numeric: IPv4 buckets carry their address in `local`/`remote` word 0 as a
+    host-order integer; IPv6 ones carry four big-endian 32-bit words (local[:, 0] highest).
+    """
+
+    v6: npt.NDArray[np.bool_]
+    local: npt.NDArray[np.uint32]  # shape (n, 4)
+    remote: npt.NDArray[np.uint32]  # shape (n, 4), masked by the prefix options
+    port: npt.NDArray[np.uint16]
+    sockets: npt.NDArray[np.int64]
+    timewait: npt.NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return int(self.sockets.shape[0])
+
+
 @dataclass
-class BucketCounts:
-    """Mutable accumulator: bucket → [sockets, TIME-WAIT sockets]."""
+class _Runs:
+    """Sorted (key, count) runs of one direction, one per batch and family."""
 
-    outbound: dict[BucketKey, list[int]] = field(default_factory=dict)
-    inbound: dict[BucketKey, list[int]] = field(default_factory=dict)
-
-    def add(self, table: dict[BucketKey, list[int]], key: BucketKey, count: int, tw: bool) -> None:
-        entry = table.get(key)
-        if entry is None:
-            entry = table[key] = [0, 0]
-        entry[0] += count
-        if tw:
-            entry[1] += count
+    v4: list[tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]] = field(default_factory=list)
+    v6: list[tuple[npt.NDArray[np.void], npt.NDArray[np.int64]]] = field(default_factory=list)
+    # IPv4 keys of namespaces with more than INDEX_LIMIT local addresses: (local, rest).
+    wide: list[tuple[npt.NDArray[np.void], npt.NDArray[np.int64]]] = field(default_factory=list)
 
 
 class BucketTally:
@@ -65,21 +82,26 @@ class BucketTally:
     def __init__(self, port_range: tuple[int, int], options: BucketOptions) -> None:
         self.low, self.high = port_range
         self.options = options
-        self.counts = BucketCounts()
         self.port_used = np.zeros(65536, dtype=bool)  # local ports in range, any socket
         self.listen_port = np.zeros(65536, dtype=bool)
-        self.wildcard_ports: set[int] = set()
-        self.listen_addr_ports: set[tuple[bool, int, int]] = set()
+        self.wildcard_port = np.zeros(65536, dtype=bool)  # a listener on 0.0.0.0 or ::
+        self._listen_v4: npt.NDArray[np.uint64] = np.zeros(0, dtype=_U64)  # addr << 16 | port
+        self._listen_v6: npt.NDArray[np.void] = np.zeros(0, dtype="V18")  # addr, port
+        self.outbound = _Runs()
+        self.inbound = _Runs()
+        self.index_limit = INDEX_LIMIT
+        # Local addresses in order of first sight (the key's index), and a sorted view.
         self._locals: npt.NDArray[np.uint32] = np.zeros(0, dtype=np.uint32)
+        self._sorted_locals: npt.NDArray[np.uint32] = np.zeros(0, dtype=np.uint32)
+        self._sorted_index: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
         self._v4_mask = _U64((0xFFFFFFFF << (32 - options.ipv4_prefix)) & 0xFFFFFFFF)
         v6_bits = np.zeros(128, dtype=np.uint8)
         v6_bits[: options.ipv6_prefix] = 1
         self._v6_mask = np.packbits(v6_bits).view("<u4")  # as the kernel's four words
+        self._inbound_port_ok: npt.NDArray[np.bool_] | None = None
         if options.inbound_ports is not None:
-            self._inbound_port_ok: npt.NDArray[np.bool_] | None = np.zeros(65536, dtype=bool)
+            self._inbound_port_ok = np.zeros(65536, dtype=bool)
             self._inbound_port_ok[list(options.inbound_ports)] = True
-        else:
-            self._inbound_port_ok = None
 
     # -- per batch ----------------------------------------------------------------------
 
@@ -94,46 +116,64 @@ class BucketTally:
         in_range = (sport >= self.low) & (sport <= self.high)
         self.port_used[sport[in_range]] = True
         v4, local4, remote4 = _canonical(batch)
-        outbound = in_range.copy()
-        suspects = np.flatnonzero(in_range & self.listen_port[sport])
-        for row in suspects.tolist():  # rare: a connection to a listener on an in-range port
-            port = int(sport[row])
-            owner = (not v4[row], _address(bool(v4[row]), local4[row], batch.src[row]), port)
-            if port in self.wildcard_ports or owner in self.listen_addr_ports:
-                outbound[row] = False
+        # A socket on a port a listener owns (wildcard, or the same address) is inbound:
+        # its port is the listener's, not an ephemeral one.
+        outbound = in_range & ~self.wildcard_port[sport]
+        suspects = np.flatnonzero(outbound & self.listen_port[sport])
+        if suspects.size:
+            outbound[suspects[self._owned(batch, v4, local4, suspects)]] = False
         inbound = ~outbound
         if self._inbound_port_ok is not None:
             inbound &= self._inbound_port_ok[sport]
         tw = batch.state == TCP_TIME_WAIT
         all_v4 = bool(v4.all())
-        for is_out, table, direction in (
-            (True, self.counts.outbound, outbound),
-            (False, self.counts.inbound, inbound),
+        for runs, direction, ports in (
+            (self.outbound, outbound, batch.dport),
+            (self.inbound, inbound, sport),
         ):
-            ports = batch.dport if is_out else sport
             mask = direction if all_v4 else direction & v4
             if mask.any():
-                self._count_v4(table, local4[mask], remote4[mask], ports[mask], tw[mask])
+                self._count_v4(runs, local4[mask], remote4[mask], ports[mask], tw[mask])
             if not all_v4:
                 mask = direction & ~v4
                 if mask.any():
-                    self._count_v6(table, batch.src[mask], batch.dst[mask], ports[mask], tw[mask])
+                    self._count_v6(runs, batch.src[mask], batch.dst[mask], ports[mask], tw[mask])
 
     def _add_listeners(self, listeners: Batch) -> None:
         v4, local4, _ = _canonical(listeners, listeners_only=True)
-        for row, port in enumerate(listeners.sport.tolist()):
-            self.listen_port[port] = True
-            if self.low <= port <= self.high:
-                self.port_used[port] = True
-            address = _address(bool(v4[row]), local4[row], listeners.src[row])
-            if address == 0:
-                self.wildcard_ports.add(port)
-            else:
-                self.listen_addr_ports.add((not v4[row], address, port))
+        port = listeners.sport
+        self.listen_port[port] = True
+        in_range = (port >= self.low) & (port <= self.high)
+        self.port_used[port[in_range]] = True
+        wildcard = np.where(v4, local4 == 0, ~listeners.src.any(axis=1))
+        self.wildcard_port[port[wildcard]] = True
+        specific = ~wildcard
+        keys4 = _listen_key_v4(local4[specific & v4], port[specific & v4])
+        self._listen_v4 = np.union1d(self._listen_v4, keys4)
+        keys6 = _listen_key_v6(listeners.src[specific & ~v4], port[specific & ~v4])
+        self._listen_v6 = np.union1d(self._listen_v6, keys6)
+
+    def _owned(
+        self,
+        batch: Batch,
+        v4: npt.NDArray[np.bool_],
+        local4: npt.NDArray[np.uint32],
+        rows: npt.NDArray[np.intp],
+    ) -> npt.NDArray[np.bool_]:
+        """Which of `rows` sit on a port a listener bound on the same local address."""
+        owned = np.zeros(rows.size, dtype=bool)
+        is4 = v4[rows]
+        if is4.any():
+            keys = _listen_key_v4(local4[rows[is4]], batch.sport[rows[is4]])
+            owned[is4] = np.isin(keys, self._listen_v4)
+        if not is4.all():
+            six = rows[~is4]
+            owned[~is4] = np.isin(_listen_key_v6(batch.src[six], batch.sport[six]), self._listen_v6)
+        return owned
 
     def _count_v4(
         self,
-        table: dict[BucketKey, list[int]],
+        runs: _Runs,
         local_word: npt.NDArray[np.uint32],
         remote_word: npt.NDArray[np.uint32],
         port: npt.NDArray[np.uint16],
@@ -141,65 +181,196 @@ class BucketTally:
     ) -> None:
         local32 = local_word.byteswap()  # network order → numeric address
         remote32 = remote_word.byteswap().astype(_U64) & self._v4_mask
+        rest = (remote32 << _U64(_REMOTE_SHIFT)) | (port.astype(_U64) << _U64(_PORT_SHIFT))
+        rest |= tw.astype(_U64)
         index = self._local_index(local32)
-        # 14 bits of local-address index, 32 of remote address, 16 of port, 1 of
-        # TIME-WAIT: 63 bits.
-        key = (
-            (index.astype(_U64) << _U64(49))
-            | (remote32 << _U64(17))
-            | (port.astype(_U64) << _U64(1))
-            | tw.astype(_U64)
-        )
+        if index is None:  # more local addresses than the index holds: a wider key
+            self._widen()
+            keys, counts = np.unique(_wide_keys(local32, rest), return_counts=True)
+            runs.wide.append((keys, counts.astype(np.int64)))
+            return
+        key = (index.astype(_U64) << _U64(_INDEX_SHIFT)) | rest
         keys, counts = np.unique(key, return_counts=True)
-        local_values = self._locals.tolist()
-        add = self.counts.add
-        for packed, count in zip(keys.tolist(), counts.tolist(), strict=True):
-            bucket = (
-                False,
-                local_values[packed >> 49],
-                (packed >> 1) & 0xFFFF,
-                (packed >> 17) & 0xFFFFFFFF,
-            )
-            add(table, bucket, count, bool(packed & 1))
+        runs.v4.append((keys, counts.astype(np.int64)))
 
-    def _local_index(self, local32: npt.NDArray[np.uint32]) -> npt.NDArray[np.intp]:
-        """Index of each local address in the sorted set of those seen so far. A namespace
-        has few local addresses, so a binary search in a tiny array beats sorting the
-        batch; an address not seen before (rare) rebuilds the set."""
-        index = np.searchsorted(self._locals, local32)
-        clipped = np.minimum(index, self._locals.size - 1)
-        if self._locals.size == 0 or not bool(np.all(self._locals[clipped] == local32)):
-            self._locals = np.union1d(self._locals, local32)
-            if self._locals.size >= 1 << 14:
-                raise ValueError("more than 16,383 local addresses in one namespace")
-            index = np.searchsorted(self._locals, local32)
+    def _widen(self) -> None:
+        """Rewrite the runs made with indexed keys as wide keys, once, so that a bucket
+        seen before and after the switch is still one bucket."""
+        for runs in (self.outbound, self.inbound):
+            for keys, counts in runs.v4:
+                local = self._locals[(keys >> _U64(_INDEX_SHIFT)).astype(np.intp)]
+                rest = keys & _U64((1 << _INDEX_SHIFT) - 1)
+                wide = _wide_keys(local, rest)
+                order = np.argsort(wide, kind="stable")
+                runs.wide.append((wide[order], counts[order]))
+            runs.v4.clear()
+
+    def _local_index(self, local32: npt.NDArray[np.uint32]) -> npt.NDArray[np.intp] | None:
+        """Each address's index in the order addresses were first seen (indexes never
+        change, so earlier runs stay valid). A namespace has few local addresses: a binary
+        search in a tiny sorted array beats sorting the batch. None once there are more
+        than INDEX_LIMIT."""
+        known = self._sorted_locals
+        pos = np.minimum(np.searchsorted(known, local32), max(known.size - 1, 0))
+        if known.size == 0 or not bool(np.all(known[pos] == local32)):
+            new = np.setdiff1d(local32, known)
+            self._locals = np.concatenate([self._locals, new])
+            order = np.argsort(self._locals, kind="stable")
+            self._sorted_locals, self._sorted_index = self._locals[order], order
+            known = self._sorted_locals
+            pos = np.searchsorted(known, local32)
+        if self._locals.size > self.index_limit:
+            return None
+        index: npt.NDArray[np.intp] = self._sorted_index[pos]
         return index
 
     def _count_v6(
         self,
-        table: dict[BucketKey, list[int]],
+        runs: _Runs,
         local: npt.NDArray[np.uint32],
         remote: npt.NDArray[np.uint32],
         port: npt.NDArray[np.uint16],
         tw: npt.NDArray[np.bool_],
     ) -> None:
-        rows = np.empty((local.shape[0], 35), dtype=np.uint8)
+        rows = np.empty((local.shape[0], V6_KEY), dtype=np.uint8)
         rows[:, :16] = local.astype("<u4").view(np.uint8)
         rows[:, 16:32] = (remote & self._v6_mask).astype("<u4").view(np.uint8)
         rows[:, 32] = port >> 8
         rows[:, 33] = port & 0xFF
         rows[:, 34] = tw
-        keys, counts = np.unique(rows.view("V35").ravel(), return_counts=True)
-        add = self.counts.add
-        for raw, count in zip(keys.tolist(), counts.tolist(), strict=True):
-            key = bytes(raw)
-            bucket = (
-                True,
-                int.from_bytes(key[:16], "big"),
-                int.from_bytes(key[32:34], "big"),
-                int.from_bytes(key[16:32], "big"),
-            )
-            add(table, bucket, count, bool(key[34]))
+        keys, counts = np.unique(rows.view(f"V{V6_KEY}").ravel(), return_counts=True)
+        runs.v6.append((keys, counts.astype(np.int64)))
+
+    # -- the result ---------------------------------------------------------------------
+
+    def buckets(self, outbound: bool) -> Buckets:
+        """Every distinct bucket of a direction: the runs merged, the TIME-WAIT bit folded."""
+        runs = self.outbound if outbound else self.inbound
+        parts = [self._v4_buckets(runs), _v6_buckets(runs.v6), _wide_buckets(runs.wide)]
+        return Buckets(
+            v6=np.concatenate([p.v6 for p in parts]),
+            local=np.concatenate([p.local for p in parts]),
+            remote=np.concatenate([p.remote for p in parts]),
+            port=np.concatenate([p.port for p in parts]),
+            sockets=np.concatenate([p.sockets for p in parts]),
+            timewait=np.concatenate([p.timewait for p in parts]),
+        )
+
+    def _v4_buckets(self, runs: _Runs) -> Buckets:
+        merged, counts = _merge([k for k, _ in runs.v4], [c for _, c in runs.v4], np.uint64)
+        keys: npt.NDArray[np.uint64] = merged.astype(np.uint64, copy=False)
+        first, sockets, timewait = _fold_timewait(keys, counts, keys & _U64(1))
+        bucket = keys[first]
+        local_index = (bucket >> _U64(_INDEX_SHIFT)).astype(np.intp)
+        remote = ((bucket >> _U64(_REMOTE_SHIFT)) & _U64(0xFFFFFFFF)).astype(np.uint32)
+        port = ((bucket >> _U64(_PORT_SHIFT)) & _U64(0xFFFF)).astype(np.uint16)
+        return _ipv4(self._locals[local_index], remote, port, sockets, timewait)
+
+
+def _wide_keys(local: npt.NDArray[np.uint32], rest: npt.NDArray[np.uint64]) -> npt.NDArray[np.void]:
+    """Big-endian (local address, rest of the key) as 12-byte strings: byte order is
+    numeric order, and the TIME-WAIT bit is the last bit."""
+    rows = np.empty(local.shape[0], dtype=[("local", ">u4"), ("rest", ">u8")])
+    rows["local"], rows["rest"] = local, rest
+    keys: npt.NDArray[np.void] = rows.view("V12")
+    return keys
+
+
+def _ipv4(
+    local: npt.NDArray[np.uint32],
+    remote: npt.NDArray[np.uint32],
+    port: npt.NDArray[np.uint16],
+    sockets: npt.NDArray[np.int64],
+    timewait: npt.NDArray[np.int64],
+) -> Buckets:
+    n = sockets.shape[0]
+    local4 = np.zeros((n, 4), dtype=np.uint32)
+    remote4 = np.zeros((n, 4), dtype=np.uint32)
+    local4[:, 0], remote4[:, 0] = local, remote
+    return Buckets(np.zeros(n, dtype=bool), local4, remote4, port, sockets, timewait)
+
+
+def _v6_buckets(runs: list[tuple[npt.NDArray[np.void], npt.NDArray[np.int64]]]) -> Buckets:
+    keys, counts = _merge([k for k, _ in runs], [c for _, c in runs], f"V{V6_KEY}")
+    raw = keys.view(np.uint8).reshape(-1, V6_KEY)
+    first, sockets, timewait = _fold_timewait(keys, counts, raw[:, 34], prefix=V6_KEY - 1)
+    rows = raw[first]
+    local = rows[:, :16].copy().view(">u4").astype(np.uint32)
+    remote = rows[:, 16:32].copy().view(">u4").astype(np.uint32)
+    port = ((rows[:, 32].astype(np.uint16) << 8) | rows[:, 33]).astype(np.uint16)
+    return Buckets(np.ones(len(first), dtype=bool), local, remote, port, sockets, timewait)
+
+
+def _wide_buckets(runs: list[tuple[npt.NDArray[np.void], npt.NDArray[np.int64]]]) -> Buckets:
+    keys, counts = _merge([k for k, _ in runs], [c for _, c in runs], "V12")
+    raw = keys.view(np.uint8).reshape(-1, 12)
+    rest = raw[:, 4:].copy().view(">u8").ravel().astype(np.uint64)
+    first, sockets, timewait = _fold_timewait(keys, counts, rest & _U64(1), prefix=11)
+    local = raw[first, :4].copy().view(">u4").ravel().astype(np.uint32)
+    bucket = rest[first]
+    remote = ((bucket >> _U64(_REMOTE_SHIFT)) & _U64(0xFFFFFFFF)).astype(np.uint32)
+    port = ((bucket >> _U64(_PORT_SHIFT)) & _U64(0xFFFF)).astype(np.uint16)
+    return _ipv4(local, remote, port, sockets, timewait)
+
+
+def _merge(
+    keys: list[npt.NDArray[np.generic]], counts: list[npt.NDArray[np.int64]], dtype: object
+) -> tuple[npt.NDArray[np.generic], npt.NDArray[np.int64]]:
+    """One sorted (key, count) array from sorted runs: a stable sort of the concatenated
+    runs (timsort merges the runs as such), then one sum per distinct key."""
+    if not keys:
+        return np.zeros(0, dtype=dtype), np.zeros(0, dtype=np.int64)  # type: ignore[call-overload]
+    if len(keys) == 1:
+        return keys[0], counts[0]
+    key = np.concatenate(keys)
+    count = np.concatenate(counts)
+    order = np.argsort(key, kind="stable")
+    key, count = key[order], count[order]
+    starts = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
+    return key[starts], np.add.reduceat(count, starts)
+
+
+def _fold_timewait(
+    keys: npt.NDArray[np.generic],
+    counts: npt.NDArray[np.int64],
+    tw_bit: npt.NDArray[np.generic],
+    prefix: int | None = None,
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Keys are sorted and end in the TIME-WAIT bit, so a bucket's two keys (not TIME-WAIT,
+    TIME-WAIT) are adjacent. Returns each bucket's first key's position, its sockets and
+    its TIME-WAIT sockets."""
+    n = counts.shape[0]
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.intp), empty, empty
+    if prefix is None:  # integer keys: the bucket is key >> 1
+        bucket = keys >> 1  # type: ignore[operator]
+        same = bucket[1:] == bucket[:-1]
+    else:  # byte-string keys: the bucket is the first `prefix` bytes
+        raw = keys.view(np.uint8).reshape(n, -1)[:, :prefix]
+        same = np.all(raw[1:] == raw[:-1], axis=1)
+    first = np.flatnonzero(np.concatenate([[True], ~same]))
+    sockets = np.add.reduceat(counts, first)
+    timewait = np.add.reduceat(counts * (np.asarray(tw_bit) != 0), first)
+    return first, sockets, timewait
+
+
+def _listen_key_v4(
+    address: npt.NDArray[np.uint32], port: npt.NDArray[np.uint16]
+) -> npt.NDArray[np.uint64]:
+    key: npt.NDArray[np.uint64] = (address.astype(_U64) << _U64(16)) | port.astype(_U64)
+    return key
+
+
+def _listen_key_v6(
+    address: npt.NDArray[np.uint32], port: npt.NDArray[np.uint16]
+) -> npt.NDArray[np.void]:
+    rows = np.empty((address.shape[0], 18), dtype=np.uint8)
+    rows[:, :16] = address.astype("<u4").view(np.uint8).reshape(-1, 16)
+    rows[:, 16] = port >> 8
+    rows[:, 17] = port & 0xFF
+    keys: npt.NDArray[np.void] = rows.view("V18").ravel()
+    return keys
 
 
 def _select(batch: Batch, mask: npt.NDArray[np.bool_]) -> Batch:
@@ -235,10 +406,3 @@ def _is_mapped(words: npt.NDArray[np.uint32]) -> npt.NDArray[np.bool_]:
         (words[:, 0] == 0) & (words[:, 1] == 0) & (words[:, 2] == _MAPPED_WORD)
     )
     return mapped
-
-
-def _address(v4: bool, word: np.uint32, words: npt.NDArray[np.uint32]) -> int:
-    """The numeric address of one socket: its IPv4 word, or its four IPv6 words."""
-    if v4:
-        return int.from_bytes(np.asarray(word, dtype="<u4").tobytes(), "big")
-    return int.from_bytes(words.astype("<u4").tobytes(), "big")

@@ -13,6 +13,13 @@ and timestamps in use.
 So every outbound bucket (local addr, remote addr, remote port) of a namespace has the
 same capacity: the range, minus reserved ports, minus ports held by listeners. The ports
 themselves are shared between buckets: one local port can serve many destinations.
+
+Zero capacity (every port of the range reserved or held by a listener): connect() on an
+unbound socket fails with EADDRNOTAVAIL whatever the destination, so the namespace's
+utilisation is 1.0, with or without sockets; capacity series show 0.
+
+Everything here works on arrays (buckets.Buckets); Python objects are made only for the
+buckets that are kept as series.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from exporter.buckets import BucketKey, BucketOptions, BucketTally
+from exporter.buckets import BucketOptions, Buckets, BucketTally
 
 OTHER = "other"
 
@@ -108,78 +115,120 @@ def outbound_capacity(policy: PortPolicy, listen_port: npt.NDArray[np.bool_]) ->
     return int(usable.sum())
 
 
-def is_loopback(v6: bool, address: int) -> bool:
-    if v6:
-        return address == 1
-    return address >> 24 == 127
+def is_loopback(buckets: Buckets, remote: bool) -> npt.NDArray[np.bool_]:
+    """127.0.0.0/8 for IPv4 buckets, ::1 for IPv6 ones (ipv4_is_loopback,
+    ipv6_addr_loopback), of each bucket's local or remote address."""
+    words = buckets.remote if remote else buckets.local
+    v4 = (words[:, 0] >> 24) == 127
+    v6 = (words[:, 0] == 0) & (words[:, 1] == 0) & (words[:, 2] == 0) & (words[:, 3] == 1)
+    loopback: npt.NDArray[np.bool_] = np.where(buckets.v6, v6, v4)
+    return loopback
 
 
-def timewait_reusable(policy: PortPolicy, key: BucketKey) -> bool:
-    """Whether connect() may take over this bucket's TIME-WAIT quadruplets
-    (tcp_twsk_unique, net/ipv4/tcp_ipv4.c)."""
-    if not policy.timestamps:
-        return False
+def timewait_reusable(policy: PortPolicy, buckets: Buckets) -> npt.NDArray[np.bool_]:
+    """Per bucket: may connect() take over its TIME-WAIT quadruplets (tcp_twsk_unique,
+    net/ipv4/tcp_ipv4.c)? tcp_tw_reuse 1, or 2 with a loopback end, and timestamps on."""
+    n = len(buckets)
+    if not policy.timestamps or policy.tw_reuse not in (1, 2):
+        return np.zeros(n, dtype=bool)
     if policy.tw_reuse == 1:
-        return True
-    v6, local, _, remote = key
-    return policy.tw_reuse == 2 and (is_loopback(v6, local) or is_loopback(v6, remote))
+        return np.ones(n, dtype=bool)
+    either: npt.NDArray[np.bool_] = is_loopback(buckets, False) | is_loopback(buckets, True)
+    return either
 
 
-def _address(v6: bool, value: int, prefix: int | None = None) -> str:
-    address = ipaddress.IPv6Address(value) if v6 else ipaddress.IPv4Address(value)
+def utilization(policy: PortPolicy, buckets: Buckets, capacity: int) -> float:
+    """The highest used/capacity of any outbound bucket; 1.0 when capacity is 0."""
+    if capacity == 0:
+        return 1.0
+    if not len(buckets):
+        return 0.0
+    reusable = timewait_reusable(policy, buckets)
+    used = buckets.sockets - np.where(reusable, buckets.timewait, 0)
+    return float(used.max()) / capacity
+
+
+def _address(v6: bool, words: npt.NDArray[np.uint32], prefix: int | None = None) -> str:
+    if v6:
+        value = (int(words[0]) << 96) | (int(words[1]) << 64) | (int(words[2]) << 32)
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv6Address(
+            value | int(words[3])
+        )
+    else:
+        address = ipaddress.IPv4Address(int(words[0]))
     full = 128 if v6 else 32
     if prefix is not None and prefix < full:
         return f"{address}/{prefix}"
     return str(address)
 
 
-def _top(
-    table: dict[BucketKey, list[int]], options: BucketOptions
-) -> tuple[list[tuple[BucketKey, list[int]]], list[list[int]]]:
-    ranked = sorted(table.items(), key=lambda item: (-item[1][0], item[0]))
-    kept = [item for item in ranked[: options.top] if item[1][0] >= options.min_sockets]
-    folded = [counts for _, counts in ranked[len(kept) :]]
-    return kept, folded
+def top_buckets(sockets: npt.NDArray[np.int64], options: BucketOptions) -> npt.NDArray[np.intp]:
+    """Positions of the `top` largest buckets with at least `min_sockets` sockets, largest
+    first; ties go to the earlier position (buckets are sorted by key), so the choice is
+    the same from poll to poll. O(n): a partition, then a sort of the K kept."""
+    candidates = np.flatnonzero(sockets >= options.min_sockets)
+    keep = min(options.top, candidates.size)
+    if keep == 0:
+        return np.zeros(0, dtype=np.intp)
+    if keep < candidates.size:
+        counts = sockets[candidates]
+        kth = np.partition(counts, candidates.size - keep)[candidates.size - keep]
+        above = candidates[counts > kth]
+        ties = candidates[counts == kth][: keep - above.size]
+        candidates = np.concatenate([above, ties])
+    chosen: npt.NDArray[np.intp] = candidates[np.lexsort((candidates, -sockets[candidates]))]
+    return chosen
 
 
 def summarize(tally: BucketTally, policy: PortPolicy, options: BucketOptions) -> PortUsage:
     capacity = outbound_capacity(policy, tally.listen_port)
-    max_ratio = 0.0
-    for key, (sockets, timewait) in tally.counts.outbound.items():
-        used = sockets - (timewait if timewait_reusable(policy, key) else 0)
-        ratio = used / capacity if capacity else float("inf") if used else 0.0
-        max_ratio = max(max_ratio, ratio)
+    out = tally.buckets(outbound=True)
+    inn = tally.buckets(outbound=False)
 
     def prefix(v6: bool) -> int:
         return options.ipv6_prefix if v6 else options.ipv4_prefix
 
-    kept, folded = _top(tally.counts.outbound, options)
+    kept = top_buckets(out.sockets, options)
     outbound = tuple(
         OutboundRow(
-            _address(v6, local), _address(v6, remote, prefix(v6)), str(port), n, tw, capacity
+            _address(bool(out.v6[i]), out.local[i]),
+            _address(bool(out.v6[i]), out.remote[i], prefix(bool(out.v6[i]))),
+            str(int(out.port[i])),
+            int(out.sockets[i]),
+            int(out.timewait[i]),
+            capacity,
         )
-        for (v6, local, port, remote), (n, tw) in kept
+        for i in kept.tolist()
     )
-    kept_in, folded_in = _top(tally.counts.inbound, options)
+    kept_in = top_buckets(inn.sockets, options)
     inbound = tuple(
-        InboundRow(_address(v6, local), str(port), _address(v6, remote, prefix(v6)), n, tw)
-        for (v6, local, port, remote), (n, tw) in kept_in
+        InboundRow(
+            _address(bool(inn.v6[i]), inn.local[i]),
+            str(int(inn.port[i])),
+            _address(bool(inn.v6[i]), inn.remote[i], prefix(bool(inn.v6[i]))),
+            int(inn.sockets[i]),
+            int(inn.timewait[i]),
+        )
+        for i in kept_in.tolist()
     )
+    folded = len(out) - kept.size
     return PortUsage(
         capacity=capacity,
         ephemeral_in_use=int(tally.port_used.sum()),
         ephemeral_available=ephemeral_available(policy),
-        max_ratio=max_ratio,
+        max_ratio=utilization(policy, out, capacity),
         outbound=outbound,
         inbound=inbound,
         outbound_rest=Folded(
-            len(folded),
-            sum(c[0] for c in folded),
-            sum(c[1] for c in folded),
-            capacity * len(folded),
+            folded,
+            int(out.sockets.sum()) - sum(r.sockets for r in outbound),
+            int(out.timewait.sum()) - sum(r.timewait for r in outbound),
+            capacity * folded,
         ),
         inbound_rest=Folded(
-            len(folded_in), sum(c[0] for c in folded_in), sum(c[1] for c in folded_in)
+            len(inn) - kept_in.size,
+            int(inn.sockets.sum()) - sum(r.sockets for r in inbound),
+            int(inn.timewait.sum()) - sum(r.timewait for r in inbound),
         ),
     )
 

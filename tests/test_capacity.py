@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from exporter.buckets import Buckets
 from exporter.capacity import (
     Folded,
     InboundRow,
@@ -190,8 +191,46 @@ def test_timewait_reusable(
     tw_reuse: int, timestamps: int, local: int, remote: int, reusable: bool
 ) -> None:
     rule = policy(tw_reuse=tw_reuse, timestamps=timestamps)
-    assert timewait_reusable(rule, (False, local, 8080, remote)) is reusable
-    assert timewait_reusable(policy(tw_reuse=2), (True, 1, 443, 5)) is True  # ::1
+    assert timewait_reusable(rule, one_bucket(False, [local, 0, 0, 0], [remote, 0, 0, 0]))[0] == (
+        reusable
+    )
+    ipv6 = one_bucket(True, [0, 0, 0, 1], [0x20010DB8, 0, 0, 5])  # ::1 → 2001:db8::5
+    assert timewait_reusable(policy(tw_reuse=2), ipv6)[0]
+    assert not timewait_reusable(policy(tw_reuse=2), one_bucket(True, [0, 0, 0, 2], [0, 0, 0, 3]))
+
+
+def one_bucket(v6: bool, local: list[int], remote: list[int]) -> Buckets:
+    return Buckets(
+        np.array([v6]),
+        np.array([local], dtype=np.uint32),
+        np.array([remote], dtype=np.uint32),
+        np.array([443], dtype=np.uint16),
+        np.array([1]),
+        np.array([1]),
+    )
+
+
+def test_zero_capacity_means_exhausted(netns: Netns) -> None:
+    """Every port of the range reserved: connect() fails at once, and the utilisation is
+    1.0 (not +Inf), with and without sockets; capacity shows 0."""
+    netns.sysctl("net.ipv4.ip_local_port_range", "40000 40009")
+    netns.sysctl("net.ipv4.ip_local_reserved_ports", "40000-40009")
+    listener = netns.listen("127.0.0.2", 8080)
+    ns = {"netns": netns.name}
+    parsed = samples(netns.exporter("dump").stdout)
+    assert value(parsed, "tcptw_outbound_port_utilization_max_ratio", **ns) == 1.0
+    sock = netns.new_socket()
+    with pytest.raises(OSError) as failed:
+        sock.connect(listener.getsockname())
+    assert failed.value.errno == errno.EADDRNOTAVAIL
+    netns.sysctl("net.ipv4.ip_local_reserved_ports", "40000-40008")  # 40009 left
+    taken = client(netns, "127.0.0.1", listener.getsockname())
+    assert taken.getsockname()[1] == 40009
+    netns.held.append(listener.accept()[0])
+    netns.sysctl("net.ipv4.ip_local_reserved_ports", "40000-40009")
+    parsed = samples(netns.exporter("dump").stdout)
+    assert value(parsed, "tcptw_outbound_ports_capacity", **ns, **bucket("8080")) == 0
+    assert value(parsed, "tcptw_outbound_port_utilization_max_ratio", **ns) == 1.0
 
 
 row_counts = st.lists(st.tuples(st.integers(1, 50), st.integers(0, 50)), max_size=6)
