@@ -45,14 +45,24 @@ def sysctl(name: str, key: str, value: str) -> None:
     subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", f"{key}={value}"], check=True)
 
 
+LOADS = ("buckets", "distinct-out", "distinct-in")
+
+
 @contextmanager
-def loaded_namespace(connections: int, established: int | None = None) -> Iterator[Loaded]:
-    """A namespace holding about `connections` TIME-WAIT sockets (half outbound, half
-    inbound, over 2 x 8 x 8 x 2 = 256 buckets), `established` ESTABLISHED pairs and 32
-    listeners. Everything dies with the namespace."""
-    name = f"twbench-{os.getpid()}-{connections}"
+def loaded_namespace(
+    connections: int, established: int | None = None, load: str = "buckets"
+) -> Iterator[Loaded]:
+    """A namespace holding about `connections` TIME-WAIT sockets. Everything dies with the
+    namespace.
+
+    buckets: half outbound, half inbound, over 2 x 8 x 8 x 2 = 256 buckets, plus
+        `established` ESTABLISHED pairs and 32 listeners;
+    distinct-out: every one outbound, each toward its own destination address;
+    distinct-in: every one inbound, each from its own client address.
+    """
+    name = f"twbench-{os.getpid()}-{load}-{connections}"
     if established is None:
-        established = min(connections // 100, 5000)
+        established = min(connections // 100, 5000) if load == "buckets" else 0
     binary = loadgen_binary()
     subprocess.run(["ip", "netns", "add", name], check=True)
     loaded = Loaded(name, 0, 0.0)
@@ -65,18 +75,24 @@ def loaded_namespace(connections: int, established: int | None = None) -> Iterat
         start = time.monotonic()
         share, extra = divmod(connections, PROCESSES)
         for k in range(PROCESSES):
-            argv = loaded.exec(
-                str(binary),
-                str(share + (extra if k == 0 else 0)),
-                str(established // PROCESSES),
-                "1",
-                str(SOURCES),
-                f"127.{k + 1}.0",
-                "1",
-                str(DESTINATIONS),
-                "8080",
-                str(PORTS),
-            )
+            count = str(share + (extra if k == 0 else 0))
+            if load == "buckets":
+                argv = loaded.exec(
+                    str(binary),
+                    count,
+                    str(established // PROCESSES),
+                    "1",
+                    str(SOURCES),
+                    f"127.{k + 1}.0",
+                    "1",
+                    str(DESTINATIONS),
+                    "8080",
+                    str(PORTS),
+                )
+            else:  # each process its own address block (127.1.x.x on, 127.101.x.x on)
+                direction = load.split("-")[1]
+                octet = str(1 + 100 * k)
+                argv = loaded.exec(str(binary), "distinct", direction, count, octet, str(8080 + k))
             loaded.processes.append(subprocess.Popen(argv, stdout=subprocess.PIPE, text=True))
         for proc in loaded.processes:
             assert proc.stdout is not None

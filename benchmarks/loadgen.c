@@ -11,6 +11,14 @@
  * TIME-WAIT, on the client's ephemeral port), odd ones by the server first (inbound
  * TIME-WAIT, on the listener's port). The last ESTABLISHED connections stay open. Prints
  * "ready" and then sleeps until killed, keeping listeners and ESTABLISHED sockets alive.
+ *
+ *   loadgen distinct out|in CONNECTIONS SECOND_OCTET PORT
+ *
+ * One bucket per connection. out: one listener on 0.0.0.0:PORT; connection i goes from
+ * 127.0.0.1 to its own destination 127.SECOND_OCTET+(i>>16).(i>>8&255).(i&255) and the
+ * client closes first (outbound TIME-WAIT). in: one listener on 127.0.0.1:PORT;
+ * connection i comes from its own source address (bound with IP_BIND_ADDRESS_NO_PORT)
+ * and the server closes first (inbound TIME-WAIT).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -47,7 +55,47 @@ static void wait_eof(int fd) {
     }
 }
 
+static int distinct(const char *direction, long connections, int second_octet, int port) {
+    int out = strcmp(direction, "out") == 0, one = 1;
+    struct rlimit files = {1 << 20, 1 << 20};
+    setrlimit(RLIMIT_NOFILE, &files);
+    struct sockaddr_in listen_sa = address(out ? "0.0.0.0" : "127.0.0.1", port);
+    int listener = socket(AF_INET, SOCK_STREAM, 0);
+    setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(listener, (struct sockaddr *)&listen_sa, sizeof listen_sa)) die("bind listener");
+    if (listen(listener, 4096)) die("listen");
+    char ip[64];
+    for (long i = 0; i < connections; i++) {
+        snprintf(ip, sizeof ip, "127.%ld.%ld.%ld", second_octet + (i >> 16), (i >> 8) & 255,
+                 i & 255);
+        struct sockaddr_in remote = out ? address(ip, port) : address("127.0.0.1", port);
+        int client = socket(AF_INET, SOCK_STREAM, 0);
+        if (client < 0) die("socket");
+        if (!out) {
+            struct sockaddr_in source = address(ip, 0);
+            setsockopt(client, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+            if (bind(client, (struct sockaddr *)&source, sizeof source)) die("bind client");
+        }
+        if (connect(client, (struct sockaddr *)&remote, sizeof remote)) {
+            fprintf(stderr, "connect %ld: %s\n", i, strerror(errno));
+            return 1;
+        }
+        int server = accept(listener, NULL, NULL);
+        if (server < 0) die("accept");
+        int first = out ? client : server, second = out ? server : client;
+        close(first);
+        wait_eof(second);
+        close(second);
+    }
+    printf("ready\n");
+    fflush(stdout);
+    pause();
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 6 && strcmp(argv[1], "distinct") == 0)
+        return distinct(argv[2], atol(argv[3]), atoi(argv[4]), atoi(argv[5]));
     if (argc != 10) {
         fprintf(stderr, "usage: see the comment at the top of loadgen.c\n");
         return 2;

@@ -60,6 +60,8 @@ class Result:
     cpus: list[float]
     rss: int
     timewait: list[int]
+    bucket_timewait: int = 0  # over every bucket series, `other` included
+    ss_timewait: int = 0  # `ss -tanH state time-wait`, right after
 
     @property
     def median(self) -> float:
@@ -125,6 +127,14 @@ def measure(loaded: Loaded, rounds: int, with_node: bool) -> dict[str, Result]:
                 if name == "exporter":
                     result.rss = answer["rss"]
                     result.timewait.append(answer["timewait"])
+        # Exactness: the bucket series' TIME-WAIT sum against ss, back to back.
+        answers = []
+        for method in ("exporter", "ss-count"):
+            worker.stdin.write(method + "\n")
+            worker.stdin.flush()
+            answers.append(json.loads(worker.stdout.readline()))
+        results["exporter"].bucket_timewait = answers[0]["in_buckets"]
+        results["exporter"].ss_timewait = answers[1]["timewait"]
         if node is not None:
             from benchmarks.worker import vm_hwm_bytes
 
@@ -222,13 +232,24 @@ def idle_cpu(loaded: Loaded, seconds: float) -> dict[str, float]:
     return {"seconds": wall, "cpu_seconds": used, "percent_of_one_core": 100 * used / wall}
 
 
-def table(size: int, loaded: Loaded, results: dict[str, Result]) -> list[str]:
+LOAD_TITLES = {
+    "buckets": "in 512 buckets",
+    "distinct-out": "each outbound toward its own destination address",
+    "distinct-in": "each inbound from its own client address",
+}
+
+
+def table(size: int, load: str, loaded: Loaded, results: dict[str, Result]) -> list[str]:
     floor = results["floor"].median
     exporter = results["exporter"]
+    same = "equal" if exporter.bucket_timewait == exporter.ss_timewait else "DIFFERENT"
     lines = [
-        f"### {size:,} connections ({loaded.sockets:,} sockets asked for; TIME-WAIT seen by the "
-        f"exporter: {min(exporter.timewait):,}-{max(exporter.timewait):,}; generated in "
-        f"{loaded.seconds:.1f} s)",
+        f"### {size:,} connections {LOAD_TITLES[load]} ({loaded.sockets:,} sockets asked for; "
+        f"TIME-WAIT seen by the exporter: {min(exporter.timewait):,}-{max(exporter.timewait):,}; "
+        f"generated in {loaded.seconds:.1f} s)",
+        "",
+        f"TIME-WAIT over every bucket series, `other` included: {exporter.bucket_timewait:,}; "
+        f"`ss -tanH state time-wait` right after: {exporter.ss_timewait:,} ({same}).",
         "",
         "| method | median wall | min | max | median CPU | peak RSS | wall / floor | "
         "exporter speed-up |",
@@ -269,7 +290,12 @@ def machine() -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="100000,300000,1000000")
+    parser.add_argument("--sizes", default="100000,300000,1000000", help="of the 512-bucket load")
+    parser.add_argument(
+        "--distinct-sizes",
+        default="200000,1000000",
+        help="of the loads with one bucket per connection (0: skip them)",
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--scrape-seconds", type=float, default=10)
     parser.add_argument("--idle-seconds", type=float, default=60)
@@ -287,13 +313,17 @@ def main() -> None:
     with_node = not args.no_node_exporter
     if with_node and shutil.which(NODE_EXPORTER) is None:
         raise SystemExit(f"{NODE_EXPORTER} missing: apt-get install prometheus-node-exporter")
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",") if int(s)]
+    runs = [("buckets", size) for size in sizes]
+    distinct = [int(s) for s in args.distinct_sizes.split(",") if int(s)]
+    runs += [(load, size) for load in ("distinct-out", "distinct-in") for size in distinct]
     report = [
         "# Benchmarks",
         "",
         "Produced by:",
         "",
-        f"    python -m benchmarks.run --sizes {args.sizes} --rounds {args.rounds}"
+        f"    python -m benchmarks.run --sizes {args.sizes} --distinct-sizes "
+        f"{args.distinct_sizes} --rounds {args.rounds}"
         + (f" --markdown {args.markdown}" if args.markdown else ""),
         "",
         "On this machine:",
@@ -304,17 +334,28 @@ def main() -> None:
         "",
     ]
     headline = []
-    for size in sizes:
-        with loaded_namespace(size) as loaded:
+    for load, size in runs:
+        with loaded_namespace(size, load=load) as loaded:
             results = measure(loaded, args.rounds, with_node)
-        lines = table(size, loaded, results)
+        lines = table(size, load, loaded, results)
         print("\n".join(lines), "", sep="\n", flush=True)
         report += [*lines, ""]
+        exporter = results["exporter"]
+        exact = exporter.bucket_timewait == exporter.ss_timewait
         headline.append(
-            (size, results["exporter"].median / results["floor"].median, results["exporter"].rss)
+            (load, size, exporter.median / results["floor"].median, exporter.rss, exact)
         )
-    report += ["### Summary", "", "| sockets | poll / floor | exporter peak RSS |", "|---|---|---|"]
-    report += [f"| {s:,} | {r:.2f} | {rss / 2**20:.0f} MiB |" for s, r, rss in headline]
+    report += [
+        "### Summary",
+        "",
+        "| load | sockets | poll / floor | exporter peak RSS | bucket TIME-WAIT sum = ss |",
+        "|---|---|---|---|---|",
+    ]
+    report += [
+        f"| {LOAD_TITLES[load]} | {s:,} | {r:.2f} | {rss / 2**20:.0f} MiB | "
+        f"{'yes' if exact else 'NO'} |"
+        for load, s, r, rss, exact in headline
+    ]
     report.append("")
     if args.decoders > 0:
         lines = compare(args.decoders, 10_000)

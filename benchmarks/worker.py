@@ -9,6 +9,7 @@ reads one method name per line on stdin, times it, answers one JSON line.
   ss-tw     ss -tan state time-wait >/dev/null
   ss-all    ss -tan >/dev/null
   node:PORT one scrape of node_exporter's tcpstat collector (started in the namespace)
+  ss-count  the TIME-WAIT sockets `ss -tanH state time-wait` lists (answered as "timewait")
 """
 
 from __future__ import annotations
@@ -89,11 +90,25 @@ def scrape(url: str) -> None:
 def main() -> None:
     poller = Poller(Config(netns=NETNS_SELF, netns_name="bench"))
     timewait = [0]
+    in_buckets = [0]  # TIME-WAIT sockets over every bucket series, `other` included
 
     def exporter() -> None:
         snapshot = poller.poll_once()
-        stats: SocketStats = next(r.data for r in snapshot.results if r.source == "sockdiag")
+        stats = next(r.data for r in snapshot.results if r.source == "sockdiag")
+        assert isinstance(stats, SocketStats) and stats.ports is not None
         timewait[0] = sum(v for (_, state), v in stats.states.items() if state == "time_wait")
+        ports = stats.ports
+        in_buckets[0] = (
+            sum(r.timewait for r in (*ports.outbound, *ports.inbound))
+            + ports.outbound_rest.timewait
+            + ports.inbound_rest.timewait
+        )
+
+    def ss_count() -> None:
+        out = subprocess.run(
+            ["ss", "-tanH", "state", "time-wait"], capture_output=True, text=True, check=True
+        ).stdout
+        timewait[0] = len(out.splitlines())
 
     def run(argv: list[str]) -> Callable[[], None]:
         return lambda: subprocess.run(argv, stdout=subprocess.DEVNULL, check=True)
@@ -109,6 +124,8 @@ def main() -> None:
             fn = functools.partial(floor_dump, FLOOR_V2_REQUESTS)
         elif method == "ss-tw":
             fn, cpu = run(["ss", "-tan", "state", "time-wait"]), children_cpu
+        elif method == "ss-count":
+            fn, cpu = ss_count, children_cpu
         elif method == "ss-all":
             fn, cpu = run(["ss", "-tan"]), children_cpu
         elif method.startswith("node:"):
@@ -128,6 +145,7 @@ def main() -> None:
                     "cpu": cpu_used,
                     "rss": vm_hwm_bytes("self"),
                     "timewait": timewait[0],
+                    "in_buckets": in_buckets[0],
                 }
             ),
             flush=True,

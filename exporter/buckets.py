@@ -22,6 +22,8 @@ records plus the distinct buckets, whatever their number.
 from __future__ import annotations
 
 import socket
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,28 +51,114 @@ class BucketOptions:
 
 @dataclass(frozen=True, slots=True)
 class Buckets:
-    """Every distinct bucket of one direction, as parallel arrays sorted by key.
+    """Every distinct bucket of one direction, as parallel arrays: the IPv4 buckets first
+    (addresses as host-order integers), then the IPv6 ones (four big-endian 32-bit words
+    each, the first the highest), each part sorted by key. Remote addresses are masked by
+    the prefix options."""
 
-    Addresses are numeric: IPv4 buckets carry their address in `local`/`remote` word 0 as a
-    host-order integer; IPv6 ones carry four big-endian 32-bit words (local[:, 0] highest).
-    """
-
-    v6: npt.NDArray[np.bool_]
-    local: npt.NDArray[np.uint32]  # shape (n, 4)
-    remote: npt.NDArray[np.uint32]  # shape (n, 4), masked by the prefix options
-    port: npt.NDArray[np.uint16]
-    sockets: npt.NDArray[np.int64]
-    timewait: npt.NDArray[np.int64]
+    local4: npt.NDArray[np.uint32]
+    remote4: npt.NDArray[np.uint32]
+    local6: npt.NDArray[np.uint32]  # shape (n6, 4)
+    remote6: npt.NDArray[np.uint32]
+    port: npt.NDArray[np.uint16]  # these three for all n buckets, IPv4 ones first
+    sockets: npt.NDArray[np.int32]
+    timewait: npt.NDArray[np.int32]
 
     def __len__(self) -> int:
         return int(self.sockets.shape[0])
+
+    def is_v6(self, i: int) -> bool:
+        return bool(i >= self.local4.shape[0])
+
+    def address(self, i: int, remote: bool) -> int:
+        n4 = self.local4.shape[0]
+        if i < n4:
+            return int((self.remote4 if remote else self.local4)[i])
+        words = (self.remote6 if remote else self.local6)[i - n4]
+        return int.from_bytes(words.astype(">u4").tobytes(), "big")
+
+    def loopback(self, remote: bool) -> npt.NDArray[np.bool_]:
+        """127.0.0.0/8 or ::1 (ipv4_is_loopback, ipv6_addr_loopback) per bucket."""
+        four = (self.remote4 if remote else self.local4) >> 24 == 127
+        words = self.remote6 if remote else self.local6
+        six = np.all(words == np.array([0, 0, 0, 1], dtype=np.uint32), axis=1)
+        loopback: npt.NDArray[np.bool_] = np.concatenate([four, six])
+        return loopback
+
+
+Run = tuple[npt.NDArray[np.uint64], npt.NDArray[np.int32] | None]  # counts None: all 1
+
+
+class SortedRuns:
+    """Sorted runs of distinct 64-bit keys with their counts, merged as they arrive in the
+    manner of a binary counter (a run is merged into the one before it once it is at least
+    half its size). The merging happens on the consumer's thread while the kernel fills the
+    next skbs, so the last merge touches few runs. A run whose every count is 1 (every
+    socket its own bucket) carries no count array: merging it is an in-place sort of two
+    sorted runs (timsort merges them in linear time), at 8 bytes per bucket."""
+
+    def __init__(self) -> None:
+        self._runs: list[Run] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._runs)
+
+    def add(self, keys: npt.NDArray[np.uint64], counts: npt.NDArray[np.int64]) -> None:
+        run_counts = None if int(counts.max(initial=1)) == 1 else counts.astype(np.int32)
+        self._runs.append((keys, run_counts))
+        while len(self._runs) >= 2 and 2 * self._runs[-1][0].size >= self._runs[-2][0].size:
+            self._runs.append(_merge_last_two(self._runs))
+
+    def take(self) -> Run:
+        """Everything as one run; the runs are released."""
+        while len(self._runs) >= 2:
+            self._runs.append(_merge_last_two(self._runs))
+        run = self._runs.pop() if self._runs else (np.zeros(0, dtype=_U64), None)
+        return run
+
+    def __iter__(self) -> Iterator[Run]:
+        return iter(list(self._runs))
+
+    def clear(self) -> None:
+        self._runs.clear()
+
+
+def _merge_last_two(runs: list[Run]) -> Run:
+    """Pop the last two runs and merge them; the inputs are released as soon as they are
+    copied, so a merge holds the merged run and little else."""
+    second = runs.pop()
+    first = runs.pop()
+    keys = np.concatenate([first[0], second[0]])
+    counts: npt.NDArray[np.int32] | None = None
+    if first[1] is None and second[1] is None:
+        del first, second
+        keys.sort(kind="stable")
+    else:
+        counts = np.concatenate([_counts(first), _counts(second)])
+        del first, second
+        order = np.argsort(keys, kind="stable")
+        keys, counts = keys[order], counts[order]
+        del order
+    repeated = keys[1:] == keys[:-1]
+    if not repeated.any():
+        return keys, counts
+    starts = np.flatnonzero(np.concatenate([[True], ~repeated]))
+    if counts is None:
+        counts = np.diff(np.append(starts, keys.size)).astype(np.int32)
+    else:
+        counts = np.add.reduceat(counts, starts).astype(np.int32)
+    return keys[starts], counts
+
+
+def _counts(run: Run) -> npt.NDArray[np.int32]:
+    return np.ones(run[0].size, dtype=np.int32) if run[1] is None else run[1]
 
 
 @dataclass
 class _Runs:
     """Sorted (key, count) runs of one direction, one per batch and family."""
 
-    v4: list[tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]] = field(default_factory=list)
+    v4: SortedRuns = field(default_factory=SortedRuns)
     v6: list[tuple[npt.NDArray[np.void], npt.NDArray[np.int64]]] = field(default_factory=list)
     # IPv4 keys of namespaces with more than INDEX_LIMIT local addresses: (local, rest).
     wide: list[tuple[npt.NDArray[np.void], npt.NDArray[np.int64]]] = field(default_factory=list)
@@ -191,7 +279,7 @@ class BucketTally:
             return
         key = (index.astype(_U64) << _U64(_INDEX_SHIFT)) | rest
         keys, counts = np.unique(key, return_counts=True)
-        runs.v4.append((keys, counts.astype(np.int64)))
+        runs.v4.add(keys, counts)
 
     def _widen(self) -> None:
         """Rewrite the runs made with indexed keys as wide keys, once, so that a bucket
@@ -202,7 +290,8 @@ class BucketTally:
                 rest = keys & _U64((1 << _INDEX_SHIFT) - 1)
                 wide = _wide_keys(local, rest)
                 order = np.argsort(wide, kind="stable")
-                runs.wide.append((wide[order], counts[order]))
+                full = _counts((keys, counts)).astype(np.int64)
+                runs.wide.append((wide[order], full[order]))
             runs.v4.clear()
 
     def _local_index(self, local32: npt.NDArray[np.uint32]) -> npt.NDArray[np.intp] | None:
@@ -246,25 +335,56 @@ class BucketTally:
     def buckets(self, outbound: bool) -> Buckets:
         """Every distinct bucket of a direction: the runs merged, the TIME-WAIT bit folded."""
         runs = self.outbound if outbound else self.inbound
-        parts = [self._v4_buckets(runs), _v6_buckets(runs.v6), _wide_buckets(runs.wide)]
+        four = self._v4_buckets(runs) if runs.v4 else _wide_buckets(runs.wide)
+        six = _v6_buckets(runs.v6)
+        if not len(six):
+            return four
+        if not len(four):
+            return six
         return Buckets(
-            v6=np.concatenate([p.v6 for p in parts]),
-            local=np.concatenate([p.local for p in parts]),
-            remote=np.concatenate([p.remote for p in parts]),
-            port=np.concatenate([p.port for p in parts]),
-            sockets=np.concatenate([p.sockets for p in parts]),
-            timewait=np.concatenate([p.timewait for p in parts]),
+            local4=four.local4,
+            remote4=four.remote4,
+            local6=six.local6,
+            remote6=six.remote6,
+            port=np.concatenate([four.port, six.port]),
+            sockets=np.concatenate([four.sockets, six.sockets]),
+            timewait=np.concatenate([four.timewait, six.timewait]),
         )
 
     def _v4_buckets(self, runs: _Runs) -> Buckets:
-        merged, counts = _merge([k for k, _ in runs.v4], [c for _, c in runs.v4], np.uint64)
-        keys: npt.NDArray[np.uint64] = merged.astype(np.uint64, copy=False)
-        first, sockets, timewait = _fold_timewait(keys, counts, keys & _U64(1))
-        bucket = keys[first]
-        local_index = (bucket >> _U64(_INDEX_SHIFT)).astype(np.intp)
-        remote = ((bucket >> _U64(_REMOTE_SHIFT)) & _U64(0xFFFFFFFF)).astype(np.uint32)
-        port = ((bucket >> _U64(_PORT_SHIFT)) & _U64(0xFFFF)).astype(np.uint16)
-        return _ipv4(self._locals[local_index], remote, port, sockets, timewait)
+        keys, counts = runs.v4.take()
+        n = keys.size
+        # The TIME-WAIT bit is the key's lowest: the first byte of each little-endian word.
+        low = keys.view(np.uint8)[0::8] if sys.byteorder == "little" else keys & _U64(1)
+        tw = (low & 1).astype(bool)
+        counts32 = _counts((keys, counts))
+        del counts
+        timewait = np.where(tw, counts32, np.int32(0)).astype(np.int32)
+        sockets = counts32
+        # A bucket's two keys (not TIME-WAIT, TIME-WAIT) are adjacent and differ by 1; a
+        # pair needs both kinds of key.
+        if n > 1 and tw.any() and not tw.all():
+            pair = np.zeros(n, dtype=bool)  # this key is the TIME-WAIT half of a pair
+            pair[1:] = (np.diff(keys) == 1) & tw[1:]
+            if pair.any():  # fold each pair into its first key
+                first = np.flatnonzero(~pair)
+                sockets = np.add.reduceat(counts32, first).astype(np.int32)
+                timewait = np.add.reduceat(timewait, first).astype(np.int32)
+                keys = keys[first]
+            del pair
+        del tw, low
+        # Fields out of the keys through one scratch array (these arrays are bucket-sized).
+        scratch = np.right_shift(keys, _U64(_INDEX_SHIFT))
+        if self._locals.size == 1:  # the usual case: no gather
+            local = np.full(keys.size, self._locals[0], dtype=np.uint32)
+        else:
+            local = self._locals[scratch]
+        np.right_shift(keys, _U64(_REMOTE_SHIFT), out=scratch)
+        remote = scratch.astype(np.uint32)  # the upper bits (the index) are cut off
+        np.right_shift(keys, _U64(_PORT_SHIFT), out=scratch)
+        port = scratch.astype(np.uint16)
+        del scratch, keys
+        return _ipv4(local, remote, port, sockets, timewait)
 
 
 def _wide_keys(local: npt.NDArray[np.uint32], rest: npt.NDArray[np.uint64]) -> npt.NDArray[np.void]:
@@ -280,14 +400,11 @@ def _ipv4(
     local: npt.NDArray[np.uint32],
     remote: npt.NDArray[np.uint32],
     port: npt.NDArray[np.uint16],
-    sockets: npt.NDArray[np.int64],
-    timewait: npt.NDArray[np.int64],
+    sockets: npt.NDArray[np.int32],
+    timewait: npt.NDArray[np.int32],
 ) -> Buckets:
-    n = sockets.shape[0]
-    local4 = np.zeros((n, 4), dtype=np.uint32)
-    remote4 = np.zeros((n, 4), dtype=np.uint32)
-    local4[:, 0], remote4[:, 0] = local, remote
-    return Buckets(np.zeros(n, dtype=bool), local4, remote4, port, sockets, timewait)
+    none = np.zeros((0, 4), dtype=np.uint32)
+    return Buckets(local, remote, none, none, port, sockets, timewait)
 
 
 def _v6_buckets(runs: list[tuple[npt.NDArray[np.void], npt.NDArray[np.int64]]]) -> Buckets:
@@ -298,7 +415,8 @@ def _v6_buckets(runs: list[tuple[npt.NDArray[np.void], npt.NDArray[np.int64]]]) 
     local = rows[:, :16].copy().view(">u4").astype(np.uint32)
     remote = rows[:, 16:32].copy().view(">u4").astype(np.uint32)
     port = ((rows[:, 32].astype(np.uint16) << 8) | rows[:, 33]).astype(np.uint16)
-    return Buckets(np.ones(len(first), dtype=bool), local, remote, port, sockets, timewait)
+    none = np.zeros(0, dtype=np.uint32)
+    return Buckets(none, none, local, remote, port, sockets, timewait)
 
 
 def _wide_buckets(runs: list[tuple[npt.NDArray[np.void], npt.NDArray[np.int64]]]) -> Buckets:
@@ -327,21 +445,24 @@ def _merge(
     order = np.argsort(key, kind="stable")
     key, count = key[order], count[order]
     starts = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
+    if starts.size == key.size:  # the runs share no key (distinct buckets): nothing to add
+        return key, count
     return key[starts], np.add.reduceat(count, starts)
 
 
 def _fold_timewait(
     keys: npt.NDArray[np.generic],
-    counts: npt.NDArray[np.int64],
+    counts: npt.NDArray[np.integer],
     tw_bit: npt.NDArray[np.generic],
     prefix: int | None = None,
-) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int32], npt.NDArray[np.int32]]:
     """Keys are sorted and end in the TIME-WAIT bit, so a bucket's two keys (not TIME-WAIT,
     TIME-WAIT) are adjacent. Returns each bucket's first key's position, its sockets and
     its TIME-WAIT sockets."""
     n = counts.shape[0]
+    counts32: npt.NDArray[np.int32] = counts.astype(np.int32, copy=False)
     if n == 0:
-        empty = np.zeros(0, dtype=np.int64)
+        empty = np.zeros(0, dtype=np.int32)
         return np.zeros(0, dtype=np.intp), empty, empty
     if prefix is None:  # integer keys: the bucket is key >> 1
         bucket = keys >> 1  # type: ignore[operator]
@@ -350,8 +471,11 @@ def _fold_timewait(
         raw = keys.view(np.uint8).reshape(n, -1)[:, :prefix]
         same = np.all(raw[1:] == raw[:-1], axis=1)
     first = np.flatnonzero(np.concatenate([[True], ~same]))
-    sockets = np.add.reduceat(counts, first)
-    timewait = np.add.reduceat(counts * (np.asarray(tw_bit) != 0), first)
+    timewait_counts = np.where(np.asarray(tw_bit) != 0, counts32, 0).astype(np.int32)
+    if first.size == n:  # no bucket has keys of both kinds: one key per bucket
+        return first, counts32, timewait_counts
+    sockets = np.add.reduceat(counts32, first).astype(np.int32)
+    timewait = np.add.reduceat(timewait_counts, first).astype(np.int32)
     return first, sockets, timewait
 
 

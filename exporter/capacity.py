@@ -115,16 +115,6 @@ def outbound_capacity(policy: PortPolicy, listen_port: npt.NDArray[np.bool_]) ->
     return int(usable.sum())
 
 
-def is_loopback(buckets: Buckets, remote: bool) -> npt.NDArray[np.bool_]:
-    """127.0.0.0/8 for IPv4 buckets, ::1 for IPv6 ones (ipv4_is_loopback,
-    ipv6_addr_loopback), of each bucket's local or remote address."""
-    words = buckets.remote if remote else buckets.local
-    v4 = (words[:, 0] >> 24) == 127
-    v6 = (words[:, 0] == 0) & (words[:, 1] == 0) & (words[:, 2] == 0) & (words[:, 3] == 1)
-    loopback: npt.NDArray[np.bool_] = np.where(buckets.v6, v6, v4)
-    return loopback
-
-
 def timewait_reusable(policy: PortPolicy, buckets: Buckets) -> npt.NDArray[np.bool_]:
     """Per bucket: may connect() take over its TIME-WAIT quadruplets (tcp_twsk_unique,
     net/ipv4/tcp_ipv4.c)? tcp_tw_reuse 1, or 2 with a loopback end, and timestamps on."""
@@ -133,7 +123,7 @@ def timewait_reusable(policy: PortPolicy, buckets: Buckets) -> npt.NDArray[np.bo
         return np.zeros(n, dtype=bool)
     if policy.tw_reuse == 1:
         return np.ones(n, dtype=bool)
-    either: npt.NDArray[np.bool_] = is_loopback(buckets, False) | is_loopback(buckets, True)
+    either: npt.NDArray[np.bool_] = buckets.loopback(False) | buckets.loopback(True)
     return either
 
 
@@ -144,55 +134,69 @@ def utilization(policy: PortPolicy, buckets: Buckets, capacity: int) -> float:
     if not len(buckets):
         return 0.0
     reusable = timewait_reusable(policy, buckets)
-    used = buckets.sockets - np.where(reusable, buckets.timewait, 0)
+    if not reusable.any():
+        return float(buckets.sockets.max()) / capacity
+    used = buckets.sockets - np.where(reusable, buckets.timewait, np.int32(0))
     return float(used.max()) / capacity
 
 
-def _address(v6: bool, words: npt.NDArray[np.uint32], prefix: int | None = None) -> str:
-    if v6:
-        value = (int(words[0]) << 96) | (int(words[1]) << 64) | (int(words[2]) << 32)
-        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv6Address(
-            value | int(words[3])
-        )
-    else:
-        address = ipaddress.IPv4Address(int(words[0]))
+def _address(v6: bool, value: int, prefix: int | None = None) -> str:
+    address = ipaddress.IPv6Address(value) if v6 else ipaddress.IPv4Address(value)
     full = 128 if v6 else 32
     if prefix is not None and prefix < full:
         return f"{address}/{prefix}"
     return str(address)
 
 
-def top_buckets(sockets: npt.NDArray[np.int64], options: BucketOptions) -> npt.NDArray[np.intp]:
+def _label(buckets: Buckets, i: int, remote: bool, options: BucketOptions) -> str:
+    v6 = buckets.is_v6(i)
+    prefix = (options.ipv6_prefix if v6 else options.ipv4_prefix) if remote else None
+    return _address(v6, buckets.address(i, remote), prefix)
+
+
+def top_buckets(sockets: npt.NDArray[np.int32], options: BucketOptions) -> npt.NDArray[np.intp]:
     """Positions of the `top` largest buckets with at least `min_sockets` sockets, largest
     first; ties go to the earlier position (buckets are sorted by key), so the choice is
     the same from poll to poll. O(n): a partition, then a sort of the K kept."""
-    candidates = np.flatnonzero(sockets >= options.min_sockets)
-    keep = min(options.top, candidates.size)
+    n = sockets.size
+    if options.top == 0 or n == 0:
+        return np.zeros(0, dtype=np.intp)
+    # Every bucket has a socket: with the default --buckets.min-sockets=1 all qualify.
+    eligible = sockets if options.min_sockets <= 1 else sockets[sockets >= options.min_sockets]
+    keep = min(options.top, eligible.size)
     if keep == 0:
         return np.zeros(0, dtype=np.intp)
-    if keep < candidates.size:
-        counts = sockets[candidates]
-        kth = np.partition(counts, candidates.size - keep)[candidates.size - keep]
-        above = candidates[counts > kth]
-        ties = candidates[counts == kth][: keep - above.size]
-        candidates = np.concatenate([above, ties])
-    chosen: npt.NDArray[np.intp] = candidates[np.lexsort((candidates, -sockets[candidates]))]
-    return chosen
+    kth = int(np.partition(eligible, eligible.size - keep)[eligible.size - keep])
+    kth = max(kth, options.min_sockets)
+    chosen = np.flatnonzero(sockets > kth)
+    ties = _first_positions(sockets, kth, keep - chosen.size)
+    chosen = np.concatenate([chosen, ties])
+    ordered: npt.NDArray[np.intp] = chosen[np.lexsort((chosen, -sockets[chosen]))]
+    return ordered
+
+
+def _first_positions(values: npt.NDArray[np.int32], value: int, count: int) -> npt.NDArray[np.intp]:
+    """The first `count` positions holding `value`, scanning in chunks (a full
+    flatnonzero would cost 8 bytes per bucket when most buckets tie)."""
+    found: list[npt.NDArray[np.intp]] = []
+    step = 1 << 16
+    for start in range(0, values.size if count > 0 else 0, step):
+        hits = np.flatnonzero(values[start : start + step] == value) + start
+        found.append(hits[: count - sum(f.size for f in found)])
+        if sum(f.size for f in found) >= count:
+            break
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.intp)
 
 
 def summarize(tally: BucketTally, policy: PortPolicy, options: BucketOptions) -> PortUsage:
+    """One direction at a time, so only one direction's bucket arrays live at once."""
     capacity = outbound_capacity(policy, tally.listen_port)
     out = tally.buckets(outbound=True)
-    inn = tally.buckets(outbound=False)
-
-    def prefix(v6: bool) -> int:
-        return options.ipv6_prefix if v6 else options.ipv4_prefix
-
     kept = top_buckets(out.sockets, options)
     outbound = tuple(
         OutboundRow(
-            _address(bool(out.v6[i]), out.local[i]),
-            _address(bool(out.v6[i]), out.remote[i], prefix(bool(out.v6[i]))),
+            _label(out, i, False, options),
+            _label(out, i, True, options),
             str(int(out.port[i])),
             int(out.sockets[i]),
             int(out.timewait[i]),
@@ -200,36 +204,41 @@ def summarize(tally: BucketTally, policy: PortPolicy, options: BucketOptions) ->
         )
         for i in kept.tolist()
     )
-    kept_in = top_buckets(inn.sockets, options)
+    folded = len(out) - kept.size
+    outbound_rest = Folded(
+        folded,
+        int(out.sockets.sum()) - sum(r.sockets for r in outbound),
+        int(out.timewait.sum()) - sum(r.timewait for r in outbound),
+        capacity * folded,
+    )
+    max_ratio = utilization(policy, out, capacity)
+    del out
+    inn = tally.buckets(outbound=False)
+    kept = top_buckets(inn.sockets, options)
     inbound = tuple(
         InboundRow(
-            _address(bool(inn.v6[i]), inn.local[i]),
+            _label(inn, i, False, options),
             str(int(inn.port[i])),
-            _address(bool(inn.v6[i]), inn.remote[i], prefix(bool(inn.v6[i]))),
+            _label(inn, i, True, options),
             int(inn.sockets[i]),
             int(inn.timewait[i]),
         )
-        for i in kept_in.tolist()
+        for i in kept.tolist()
     )
-    folded = len(out) - kept.size
+    inbound_rest = Folded(
+        len(inn) - kept.size,
+        int(inn.sockets.sum()) - sum(r.sockets for r in inbound),
+        int(inn.timewait.sum()) - sum(r.timewait for r in inbound),
+    )
     return PortUsage(
         capacity=capacity,
         ephemeral_in_use=int(tally.port_used.sum()),
         ephemeral_available=ephemeral_available(policy),
-        max_ratio=utilization(policy, out, capacity),
+        max_ratio=max_ratio,
         outbound=outbound,
         inbound=inbound,
-        outbound_rest=Folded(
-            folded,
-            int(out.sockets.sum()) - sum(r.sockets for r in outbound),
-            int(out.timewait.sum()) - sum(r.timewait for r in outbound),
-            capacity * folded,
-        ),
-        inbound_rest=Folded(
-            len(inn) - kept_in.size,
-            int(inn.sockets.sum()) - sum(r.sockets for r in inbound),
-            int(inn.timewait.sum()) - sum(r.timewait for r in inbound),
-        ),
+        outbound_rest=outbound_rest,
+        inbound_rest=inbound_rest,
     )
 
 

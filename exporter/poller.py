@@ -97,7 +97,8 @@ class Poller:
         self._last_state: dict[tuple[str, str], str] = {}  # "" when ok, else the error
         self._state_lock = threading.Lock()
         self._tracked: dict[int | None, Tracked] = {}
-        self._buffers: list[Buffers] = [new_buffers() for _ in range(config.poll_workers)]
+        # Receive buffers per worker slot, made when a slot first dumps.
+        self._buffers: list[Buffers | None] = [None] * config.poll_workers
 
     # -- the poll ------------------------------------------------------------------------
 
@@ -173,7 +174,7 @@ class Poller:
                 continue
             first = False
             try:
-                self._poll_namespace(tracked, self._buffers[slot], work.started_at)
+                self._poll_namespace(tracked, self._slot_buffers(slot), work.started_at)
             except Exception as exc:  # a bug must cost one namespace, not the poll
                 log.exception("namespace poll failed", netns=tracked.label)
                 tracked.results = tuple(
@@ -182,6 +183,12 @@ class Poller:
                     if self.config.enabled(s.name)
                 )
                 tracked.read_at, tracked.outcome = work.started_at, "failed"
+
+    def _slot_buffers(self, slot: int) -> Buffers:
+        buffers = self._buffers[slot]
+        if buffers is None:
+            buffers = self._buffers[slot] = new_buffers()
+        return buffers
 
     def _poll_namespace(self, tracked: Tracked, buffers: Buffers, started_at: float) -> None:
         begin = time.perf_counter()

@@ -191,23 +191,20 @@ def test_timewait_reusable(
     tw_reuse: int, timestamps: int, local: int, remote: int, reusable: bool
 ) -> None:
     rule = policy(tw_reuse=tw_reuse, timestamps=timestamps)
-    assert timewait_reusable(rule, one_bucket(False, [local, 0, 0, 0], [remote, 0, 0, 0]))[0] == (
-        reusable
-    )
+    assert timewait_reusable(rule, one_bucket(False, [local], [remote]))[0] == reusable
     ipv6 = one_bucket(True, [0, 0, 0, 1], [0x20010DB8, 0, 0, 5])  # ::1 → 2001:db8::5
     assert timewait_reusable(policy(tw_reuse=2), ipv6)[0]
     assert not timewait_reusable(policy(tw_reuse=2), one_bucket(True, [0, 0, 0, 2], [0, 0, 0, 3]))
 
 
 def one_bucket(v6: bool, local: list[int], remote: list[int]) -> Buckets:
-    return Buckets(
-        np.array([v6]),
-        np.array([local], dtype=np.uint32),
-        np.array([remote], dtype=np.uint32),
-        np.array([443], dtype=np.uint16),
-        np.array([1]),
-        np.array([1]),
-    )
+    """One IPv4 bucket (an address each) or one IPv6 bucket (four words each)."""
+    four = np.array([local[0]] if not v6 else [], dtype=np.uint32)
+    four_remote = np.array([remote[0]] if not v6 else [], dtype=np.uint32)
+    six = np.array([local] if v6 else [], dtype=np.uint32).reshape(-1, 4)
+    six_remote = np.array([remote] if v6 else [], dtype=np.uint32).reshape(-1, 4)
+    one = np.array([1])
+    return Buckets(four, four_remote, six, six_remote, np.array([443], np.uint16), one, one)
 
 
 def test_zero_capacity_means_exhausted(netns: Netns) -> None:
