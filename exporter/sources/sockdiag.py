@@ -76,8 +76,9 @@ class DiagSocket:
     calling thread decodes the previous one.
     """
 
-    def __init__(self, rcvbuf: int = RCVBUF_BYTES) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
+    def __init__(self, rcvbuf: int = RCVBUF_BYTES, sock: socket.socket | None = None) -> None:
+        # `sock` replaces the netlink socket (tests replay recorded bytes through it).
+        self.sock = sock or socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             # A safety net only: a dump never pauses for this long between skbs.
