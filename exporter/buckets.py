@@ -38,6 +38,7 @@ _U64 = np.uint64
 _INDEX_SHIFT, _REMOTE_SHIFT, _PORT_SHIFT = 49, 17, 1
 INDEX_LIMIT = 1 << 15
 V6_KEY = 35  # local (16 bytes), remote (16), port (2, big-endian), TIME-WAIT (1)
+_CHUNK = 1 << 16  # keys decoded at a time into bucket arrays
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,17 +374,19 @@ class BucketTally:
                 keys = keys[first]
             del pair
         del tw, low
-        # Fields out of the keys through one scratch array (these arrays are bucket-sized).
-        scratch = np.right_shift(keys, _U64(_INDEX_SHIFT))
-        if self._locals.size == 1:  # the usual case: no gather
-            local = np.full(keys.size, self._locals[0], dtype=np.uint32)
-        else:
-            local = self._locals[scratch]
-        np.right_shift(keys, _U64(_REMOTE_SHIFT), out=scratch)
-        remote = scratch.astype(np.uint32)  # the upper bits (the index) are cut off
-        np.right_shift(keys, _U64(_PORT_SHIFT), out=scratch)
-        port = scratch.astype(np.uint16)
-        del scratch, keys
+        # Fields out of the keys a chunk at a time: no key-sized scratch array.
+        n = keys.size
+        local = np.empty(n, dtype=np.uint32)
+        remote = np.empty(n, dtype=np.uint32)
+        port = np.empty(n, dtype=np.uint16)
+        for start in range(0, n, _CHUNK):
+            part = keys[start : start + _CHUNK]
+            end = start + part.size
+            index = (part >> _U64(_INDEX_SHIFT)).astype(np.intp)
+            local[start:end] = self._locals[index]
+            remote[start:end] = part >> _U64(_REMOTE_SHIFT)  # the index bits are cut off
+            port[start:end] = part >> _U64(_PORT_SHIFT)
+        del keys
         return _ipv4(local, remote, port, sockets, timewait)
 
 
