@@ -55,6 +55,21 @@ static void wait_eof(int fd) {
     }
 }
 
+/* `first` closes, so its end goes to TIME-WAIT; `second` closes once it has read the FIN. */
+static void close_in_order(int first, int second) {
+    close(first);
+    wait_eof(second);
+    close(second);
+}
+
+/* Tell the harness the sockets are in place, then keep them until killed. */
+static int ready_and_wait(void) {
+    printf("ready\n");
+    fflush(stdout);
+    pause();
+    return 0;
+}
+
 static int distinct(const char *direction, long connections, int second_octet, int port) {
     int out = strcmp(direction, "out") == 0, one = 1;
     struct rlimit files = {1 << 20, 1 << 20};
@@ -82,15 +97,9 @@ static int distinct(const char *direction, long connections, int second_octet, i
         }
         int server = accept(listener, NULL, NULL);
         if (server < 0) die("accept");
-        int first = out ? client : server, second = out ? server : client;
-        close(first);
-        wait_eof(second);
-        close(second);
+        close_in_order(out ? client : server, out ? server : client);
     }
-    printf("ready\n");
-    fflush(stdout);
-    pause();
-    return 0;
+    return ready_and_wait();
 }
 
 int main(int argc, char **argv) {
@@ -143,13 +152,10 @@ int main(int argc, char **argv) {
         int server = accept(listen_fd[k], NULL, NULL);
         if (server < 0) die("accept");
         if (i >= connections - established) continue; /* keep both ends ESTABLISHED */
-        int first = (i % 2 == 0) ? client : server, second = (first == client) ? server : client;
-        close(first);
-        wait_eof(second);
-        close(second);
+        if (i % 2 == 0)
+            close_in_order(client, server);
+        else
+            close_in_order(server, client);
     }
-    printf("ready\n");
-    fflush(stdout);
-    pause();
-    return 0;
+    return ready_and_wait();
 }
