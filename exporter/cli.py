@@ -4,6 +4,7 @@ one poll's exposition."""
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from exporter.config import NETNS_ALL, NETNS_SELF, Config
 from exporter.context import raise_fd_limit
 from exporter.poller import Poller
 from exporter.registry import COLLECTORS
+from exporter.server import parse_listen_address
 from exporter.sources.netstat import DEFAULT_FIELDS
 
 
@@ -226,13 +228,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--collector.netstat.fields is not a valid regex: {exc}")
     except ValueError as exc:
         parser.error(str(exc))
-    if config.poll_interval <= 0:
-        parser.error("--poll.interval must be positive")
+    problem = startup_problem(config)
+    if problem:
+        parser.error(problem)
     log.configure(config.log_level, config.log_format)
     raise_fd_limit()  # each namespace keeps its descriptors open between polls
     if args.command == "dump":
         return dump(config)
     from exporter import daemon
 
-    daemon.run(config)
+    try:
+        daemon.run(config)
+    except daemon.StartupError as exc:
+        print(f"timewait-exporter: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def startup_problem(config: Config) -> str:
+    """What makes the flags unusable, checked before anything starts ("" when fine)."""
+    if not math.isfinite(config.poll_interval) or config.poll_interval <= 0:
+        return "--poll.interval must be a positive number of seconds"
+    if not config.telemetry_path.startswith("/"):
+        return f"--web.telemetry-path must start with /, got {config.telemetry_path!r}"
+    if config.collectors is not None and not config.collectors:
+        return "every collector is disabled: nothing to export"
+    try:
+        parse_listen_address(config.listen_address)
+    except ValueError as exc:
+        return f"--web.listen-address: {exc}"
+    return ""

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import os
 import signal
 import threading
 import time
@@ -17,6 +18,7 @@ from typing import TypeVar
 import structlog
 from prometheus_client.registry import CollectorRegistry
 
+from exporter import __version__
 from exporter.collector import SnapshotCollector
 from exporter.config import Config
 from exporter.exposition import Exposition
@@ -25,6 +27,10 @@ from exporter.server import MetricsServer
 
 log = structlog.get_logger("timewait_exporter.daemon")
 T = TypeVar("T")
+
+
+class StartupError(Exception):
+    """The daemon cannot start (the message is the one line the operator sees)."""
 
 
 def in_daemon_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
@@ -94,13 +100,29 @@ async def serve(config: Config) -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     exposition = Exposition(registry)
-    server = await MetricsServer(exposition, config.telemetry_path).start(config.listen_address)
+    try:
+        server = await MetricsServer(exposition, config.telemetry_path).start(config.listen_address)
+    except OSError as exc:  # in use, no permission for the port, unknown host, ...
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise StartupError(f"cannot listen on {config.listen_address}: {reason}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # SIGHUP would end the process by default; there is no configuration file to re-read.
+    loop.add_signal_handler(
+        signal.SIGHUP, lambda: log.info("SIGHUP received: nothing to reload, still serving")
+    )
     addresses = [sock.getsockname()[:2] for sock in server.sockets]
-    log.info("listening", addresses=[f"{a[0]}:{a[1]}" for a in addresses])
+    log.info(
+        "listening",
+        version=__version__,
+        addresses=[f"{a[0]}:{a[1]}" for a in addresses],
+        netns=config.netns if isinstance(config.netns, str) else sorted(config.netns),
+        poll_interval=config.poll_interval,
+        poll_workers=config.poll_workers,
+        collectors=sorted(config.collectors) if config.collectors is not None else "all",
+    )
     poll_task = asyncio.create_task(
         poll_forever(poller, collector, config.poll_interval, exposition)
     )

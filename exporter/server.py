@@ -22,7 +22,7 @@ def parse_listen_address(address: str) -> tuple[str | None, int]:
     """ ":9961" (every address), "127.0.0.1:9961" or "[::1]:9961"."""
     host, sep, port_text = address.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"listen address must be [host]:port, got {address!r}")
+        raise ValueError(f"must be [host]:port with a port of 0-65535, got {address!r}")
     host = host.strip("[]")
     return (host or None), int(port_text)
 
@@ -48,14 +48,23 @@ class MetricsServer:
             if len(head) > MAX_REQUEST_HEAD:
                 raise ValueError("request head too large")
             await self.respond(head, writer)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
-            await self.send(writer, 400, "text/plain; charset=utf-8", b"bad request\n")
+        except asyncio.IncompleteReadError as exc:
+            # Nothing read: a bare connect-then-close (a load balancer's TCP check, nc -z,
+            # a port scan). There is nobody to answer and nothing worth a log line.
+            if exc.partial:
+                await self.bad_request(writer)
+        except (asyncio.LimitOverrunError, TimeoutError, ValueError):
+            await self.bad_request(writer)
         except ConnectionError:
             pass
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+    async def bad_request(self, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):  # the client may be gone already
+            await self.send(writer, 400, "text/plain; charset=utf-8", b"bad request\n")
 
     async def respond(self, head: bytes, writer: asyncio.StreamWriter) -> None:
         request_line, *header_lines = head.decode("latin-1").split("\r\n")

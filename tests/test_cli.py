@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -183,10 +184,47 @@ def test_netstat_field_regex(tree: Path) -> None:
     assert names == {"tcptw_tcpext_tw_total", "tcptw_tcpext_delayed_acks_total"}
 
 
-def test_bad_flags_are_rejected() -> None:
-    for args in (["--collector.netstat.fields", "("], ["--poll.interval", "0"]):
-        result = subprocess.run([*EXPORTER, "dump", *args], capture_output=True, text=True)
-        assert result.returncode == 2, args
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--collector.netstat.fields", "("],
+        ["--poll.interval", "0"],
+        ["--poll.interval", "nan"],
+        ["--poll.interval", "inf"],
+        ["--web.telemetry-path", "metrics"],
+        ["--web.listen-address", "garbage"],
+        ["--web.listen-address", ":99999"],
+        ["--poll.workers", "0"],
+        ["--netns", ","],
+        [
+            f"--no-collector.{name}"
+            for name in ("sockdiag", "netstat", "sockstat", "sysctl", "slab")
+        ],
+    ],
+)
+def test_bad_flags_are_one_line_errors(args: list[str]) -> None:
+    result = subprocess.run([*EXPORTER, "serve", *args], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, args
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("usage:") and lines[-1].startswith("timewait-exporter: error:")
+    assert "Traceback" not in result.stderr
+
+
+def test_a_port_in_use_is_a_one_line_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*EXPORTER, "serve", "--web.listen-address", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"timewait-exporter: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
 
 
 def test_dump_from_the_host_equals_ss_in_every_namespace(kernel: None) -> None:

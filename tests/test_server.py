@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import json
 import signal
 import socket
 import subprocess
@@ -126,3 +127,27 @@ def test_listen_address(address: str, expected: tuple[str | None, int]) -> None:
 def test_bad_listen_address(address: str) -> None:
     with pytest.raises(ValueError):
         parse_listen_address(address)
+
+
+def test_bare_connects_and_sighup_cost_no_traceback(
+    daemon: tuple[subprocess.Popen[str], int],
+) -> None:
+    """A TCP check that connects and closes (nc -z, a load balancer, a port scan) gets no
+    answer and no log line; a half-sent request gets 400; SIGHUP does not end the daemon."""
+    proc, port = daemon
+    for _ in range(200):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as half:
+        half.sendall(b"GET /metrics HTTP/1.1\r\n")
+        half.shutdown(socket.SHUT_WR)
+        assert half.recv(64).startswith(b"HTTP/1.1 400")
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(0.3)
+    assert get(port, "/metrics").status == 200 and proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=5)
+    lines = proc.communicate()[1].splitlines()
+    assert all(line.startswith("{") for line in lines), lines[:5]  # JSON lines only
+    events = [json.loads(line)["event"] for line in lines]
+    assert events.count("SIGHUP received: nothing to reload, still serving") == 1
+    assert len(events) < 10, events
