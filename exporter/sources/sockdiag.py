@@ -148,15 +148,17 @@ class DiagSocket:
         self._pipeline(seq, consumer, buffers, filled)
 
     def _pipeline(self, seq: int, consumer: BatchConsumer, buffers: Buffers, filled: int) -> None:
-        """The rest of a dump over two threads; buffers[0] already holds `filled` bytes."""
+        """The rest of a dump over two threads. buffers[0] holds the `filled` bytes read
+        so far, whole skbs: it is decoded first while the receiver fills the others."""
         free: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
         ready: queue.SimpleQueue[tuple[bytearray, int, bool] | BaseException] = queue.SimpleQueue()
         verdicts: queue.SimpleQueue[bool] = queue.SimpleQueue()
         for buffer in buffers[1:]:
             free.put(buffer)
+        ready.put((buffers[0], filled, False))
         receiver = threading.Thread(
             target=self._receive,
-            args=(seq, free, ready, verdicts, buffers[0], filled),
+            args=(seq, free, ready, verdicts),
             daemon=True,
             name="sockdiag-recv",
         )
@@ -206,18 +208,14 @@ class DiagSocket:
         free: queue.SimpleQueue[bytearray | None],
         ready: queue.SimpleQueue[tuple[bytearray, int, bool] | BaseException],
         verdicts: queue.SimpleQueue[bool],
-        buffer: bytearray | None,
-        pos: int,
     ) -> None:
-        """Fill buffers with whole skbs until the decoder confirms the dump is over,
-        starting with `buffer`, which holds `pos` bytes already."""
+        """Fill free buffers with whole skbs until the decoder confirms the dump is over."""
         try:
             while True:
+                buffer = free.get()
                 if buffer is None:
-                    buffer = free.get()
-                    if buffer is None:
-                        return
-                    pos = 0
+                    return
+                pos = 0
                 maybe_end = False
                 with memoryview(buffer) as view:
                     while pos < BATCH_BYTES and not maybe_end:
@@ -225,7 +223,6 @@ class DiagSocket:
                         pos += self._recv_chunk(view, pos)
                         maybe_end = _ends_dump(buffer, start, pos, seq, self.pid)
                 ready.put((buffer, pos, maybe_end))
-                buffer = None
                 if maybe_end and verdicts.get():
                     return
         except OSError as exc:
