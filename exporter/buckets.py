@@ -15,8 +15,8 @@ IPv4-mapped IPv6 sockets (::ffff:a.b.c.d) count as IPv4: they share its port spa
 Per batch, each direction's keys are packed and reduced with one np.unique into a sorted
 run of (key, count): IPv4 keys are 64-bit integers (local address as an index into the
 namespace's local addresses, remote address, port, TIME-WAIT bit); IPv6 keys are 35-byte
-strings. `buckets()` merges the runs once at the end, so memory is bounded by one batch's
-records plus the distinct buckets, whatever their number.
+strings. The runs are merged as they arrive (SortedRuns), so memory is bounded by one
+batch's records plus the distinct buckets, whatever their number.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -87,24 +88,26 @@ class Buckets:
         return loopback
 
 
-Run = tuple[npt.NDArray[np.uint64], npt.NDArray[np.int32] | None]  # counts None: all 1
+Run = tuple[npt.NDArray[Any], npt.NDArray[np.int32] | None]  # counts None: all 1
 
 
 class SortedRuns:
-    """Sorted runs of distinct 64-bit keys with their counts, merged as they arrive in the
+    """Sorted runs of distinct keys (64-bit integers, or byte strings compared as such)
+    with their counts, merged as they arrive in the
     manner of a binary counter (a run is merged into the one before it once it is at least
     half its size). The merging happens on the consumer's thread while the kernel fills the
     next skbs, so the last merge touches few runs. A run whose every count is 1 (every
     socket its own bucket) carries no count array: merging it is an in-place sort of two
-    sorted runs (timsort merges them in linear time), at 8 bytes per bucket."""
+    sorted runs (timsort merges them in linear time), at one key per bucket."""
 
-    def __init__(self) -> None:
+    def __init__(self, dtype: npt.DTypeLike = np.uint64) -> None:
+        self._dtype = dtype
         self._runs: list[Run] = []
 
     def __bool__(self) -> bool:
         return bool(self._runs)
 
-    def add(self, keys: npt.NDArray[np.uint64], counts: npt.NDArray[np.int64]) -> None:
+    def add(self, keys: npt.NDArray[Any], counts: npt.NDArray[np.integer]) -> None:
         run_counts = None if int(counts.max(initial=1)) == 1 else counts.astype(np.int32)
         self._runs.append((keys, run_counts))
         while len(self._runs) >= 2 and 2 * self._runs[-1][0].size >= self._runs[-2][0].size:
@@ -114,7 +117,7 @@ class SortedRuns:
         """Everything as one run; the runs are released."""
         while len(self._runs) >= 2:
             self._runs.append(_merge_last_two(self._runs))
-        run = self._runs.pop() if self._runs else (np.zeros(0, dtype=_U64), None)
+        run = self._runs.pop() if self._runs else (np.zeros(0, dtype=self._dtype), None)
         return run
 
     def __iter__(self) -> Iterator[Run]:
@@ -160,9 +163,9 @@ class _Runs:
     """Sorted (key, count) runs of one direction, one per batch and family."""
 
     v4: SortedRuns = field(default_factory=SortedRuns)
-    v6: list[tuple[npt.NDArray[np.void], npt.NDArray[np.int64]]] = field(default_factory=list)
+    v6: SortedRuns = field(default_factory=lambda: SortedRuns(f"V{V6_KEY}"))
     # IPv4 keys of namespaces with more than INDEX_LIMIT local addresses: (local, rest).
-    wide: list[tuple[npt.NDArray[np.void], npt.NDArray[np.int64]]] = field(default_factory=list)
+    wide: SortedRuns = field(default_factory=lambda: SortedRuns("V12"))
 
 
 class BucketTally:
@@ -276,7 +279,7 @@ class BucketTally:
         if index is None:  # more local addresses than the index holds: a wider key
             self._widen()
             keys, counts = np.unique(_wide_keys(local32, rest), return_counts=True)
-            runs.wide.append((keys, counts.astype(np.int64)))
+            runs.wide.add(keys, counts)
             return
         key = (index.astype(_U64) << _U64(_INDEX_SHIFT)) | rest
         keys, counts = np.unique(key, return_counts=True)
@@ -291,8 +294,7 @@ class BucketTally:
                 rest = keys & _U64((1 << _INDEX_SHIFT) - 1)
                 wide = _wide_keys(local, rest)
                 order = np.argsort(wide, kind="stable")
-                full = _counts((keys, counts)).astype(np.int64)
-                runs.wide.append((wide[order], full[order]))
+                runs.wide.add(wide[order], _counts((keys, counts))[order])
             runs.v4.clear()
 
     def _local_index(self, local32: npt.NDArray[np.uint32]) -> npt.NDArray[np.intp] | None:
@@ -329,7 +331,7 @@ class BucketTally:
         rows[:, 33] = port & 0xFF
         rows[:, 34] = tw
         keys, counts = np.unique(rows.view(f"V{V6_KEY}").ravel(), return_counts=True)
-        runs.v6.append((keys, counts.astype(np.int64)))
+        runs.v6.add(keys, counts)
 
     # -- the result ---------------------------------------------------------------------
 
@@ -410,8 +412,9 @@ def _ipv4(
     return Buckets(local, remote, none, none, port, sockets, timewait)
 
 
-def _v6_buckets(runs: list[tuple[npt.NDArray[np.void], npt.NDArray[np.int64]]]) -> Buckets:
-    keys, counts = _merge([k for k, _ in runs], [c for _, c in runs], f"V{V6_KEY}")
+def _v6_buckets(runs: SortedRuns) -> Buckets:
+    keys, run_counts = runs.take()
+    counts = _counts((keys, run_counts))
     raw = keys.view(np.uint8).reshape(-1, V6_KEY)
     first, sockets, timewait = _fold_timewait(keys, counts, raw[:, 34], prefix=V6_KEY - 1)
     rows = raw[first]
@@ -422,8 +425,9 @@ def _v6_buckets(runs: list[tuple[npt.NDArray[np.void], npt.NDArray[np.int64]]]) 
     return Buckets(none, none, local, remote, port, sockets, timewait)
 
 
-def _wide_buckets(runs: list[tuple[npt.NDArray[np.void], npt.NDArray[np.int64]]]) -> Buckets:
-    keys, counts = _merge([k for k, _ in runs], [c for _, c in runs], "V12")
+def _wide_buckets(runs: SortedRuns) -> Buckets:
+    keys, run_counts = runs.take()
+    counts = _counts((keys, run_counts))
     raw = keys.view(np.uint8).reshape(-1, 12)
     rest = raw[:, 4:].copy().view(">u8").ravel().astype(np.uint64)
     first, sockets, timewait = _fold_timewait(keys, counts, rest & _U64(1), prefix=11)
@@ -432,25 +436,6 @@ def _wide_buckets(runs: list[tuple[npt.NDArray[np.void], npt.NDArray[np.int64]]]
     remote = ((bucket >> _U64(_REMOTE_SHIFT)) & _U64(0xFFFFFFFF)).astype(np.uint32)
     port = ((bucket >> _U64(_PORT_SHIFT)) & _U64(0xFFFF)).astype(np.uint16)
     return _ipv4(local, remote, port, sockets, timewait)
-
-
-def _merge(
-    keys: list[npt.NDArray[np.generic]], counts: list[npt.NDArray[np.int64]], dtype: object
-) -> tuple[npt.NDArray[np.generic], npt.NDArray[np.int64]]:
-    """One sorted (key, count) array from sorted runs: a stable sort of the concatenated
-    runs (timsort merges the runs as such), then one sum per distinct key."""
-    if not keys:
-        return np.zeros(0, dtype=dtype), np.zeros(0, dtype=np.int64)  # type: ignore[call-overload]
-    if len(keys) == 1:
-        return keys[0], counts[0]
-    key = np.concatenate(keys)
-    count = np.concatenate(counts)
-    order = np.argsort(key, kind="stable")
-    key, count = key[order], count[order]
-    starts = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
-    if starts.size == key.size:  # the runs share no key (distinct buckets): nothing to add
-        return key, count
-    return key[starts], np.add.reduceat(count, starts)
 
 
 def _fold_timewait(

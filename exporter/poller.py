@@ -50,16 +50,21 @@ PIDS_TRIED = 3  # processes tried per namespace, to enter it or to find its pod
 
 
 @dataclass
+class _Identity:
+    label: str
+    k8s_namespace: str = ""
+    k8s_pod_name: str = ""
+    k8s_pod_uid: str = ""
+
+
+@dataclass
 class Tracked:
     """A namespace the poller holds open, with its last figures."""
 
     key: int | None  # nsfs inode; None for a recorded tree's own namespace
     own: bool
     found: FoundNamespace | None = None
-    label: str = ""
-    k8s_namespace: str = ""
-    k8s_pod_name: str = ""
-    k8s_pod_uid: str = ""
+    identity: _Identity = field(default_factory=lambda: _Identity(""))
     context: NetnsContext | None = None
     results: tuple[SourceResult, ...] = ()
     read_at: float | None = None
@@ -69,18 +74,14 @@ class Tracked:
     gone: bool = False
     pod_pid: tuple[int, str | None] | None = None  # (pid, uid) cache for attribution
 
+    @property
+    def label(self) -> str:
+        return self.identity.label
+
     def close(self) -> None:
         if self.context is not None:
             self.context.close()
             self.context = None
-
-
-@dataclass
-class _Identity:
-    label: str
-    k8s_namespace: str = ""
-    k8s_pod_name: str = ""
-    k8s_pod_uid: str = ""
 
 
 @dataclass
@@ -136,9 +137,9 @@ class Poller:
                 NamespaceInfo(
                     label=tracked.label,
                     inode=tracked.key,
-                    k8s_namespace=tracked.k8s_namespace,
-                    k8s_pod_name=tracked.k8s_pod_name,
-                    k8s_pod_uid=tracked.k8s_pod_uid,
+                    k8s_namespace=tracked.identity.k8s_namespace,
+                    k8s_pod_name=tracked.identity.k8s_pod_name,
+                    k8s_pod_uid=tracked.identity.k8s_pod_uid,
                     read_at=tracked.read_at,
                     duration_seconds=tracked.duration,
                     outcome=tracked.outcome,
@@ -251,11 +252,7 @@ class Poller:
             if tracked is None:
                 tracked = self._tracked[key] = Tracked(key=key, own=key == own)
             tracked.found = namespace
-            identity = identities[key]
-            tracked.label = identity.label
-            tracked.k8s_namespace = identity.k8s_namespace
-            tracked.k8s_pod_name = identity.k8s_pod_name
-            tracked.k8s_pod_uid = identity.k8s_pod_uid
+            tracked.identity = identities[key]
 
     def _identify(
         self, wanted: dict[int | None, FoundNamespace | None], own: int | None
