@@ -13,7 +13,7 @@
 # Docker only make added capabilities effective for uid 0 (there are no ambient
 # capabilities), so a non-root user would hold none of them. Contain it instead: drop
 # every other capability, mount the root filesystem read-only, and bind /proc and /sys
-# read-only (see deploy/kubernetes/daemonset.yaml).
+# read-only (see deploy/kubernetes/base/daemonset.yaml).
 FROM python:3.11.11-slim-bookworm
 
 LABEL org.opencontainers.image.title="timewait-exporter" \
@@ -32,9 +32,11 @@ RUN pip install --no-cache-dir . \
 WORKDIR /
 EXPOSE 9961
 
-# Assumes the default --web.listen-address (:9961); adjust if you change it.
+# /healthz answers while the process serves (no poll, no exposition rendered). Assumes
+# the default --web.listen-address (:9961) over plain HTTP: with TLS from --web.config.file,
+# override it (docker run --health-cmd) or disable it (--no-healthcheck).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9961/metrics', timeout=4)"]
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9961/healthz', timeout=4)"]
 
 ENTRYPOINT ["timewait-exporter"]
 CMD ["serve"]

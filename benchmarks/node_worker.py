@@ -25,6 +25,7 @@ from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from benchmarks.worker import FLOOR_REQUESTS, FLOOR_V2_REQUESTS, drain, vm_hwm_bytes
+from exporter import log
 from exporter.collector import SnapshotCollector
 from exporter.config import Config
 from exporter.context import raise_fd_limit
@@ -45,6 +46,7 @@ def children_cpu() -> float:
 
 
 def main() -> None:
+    log.configure("warning", "json")  # stdout carries the results: logs go to stderr
     raise_fd_limit()
     sockets = [DiagSocket()]  # the host's own namespace
     for name in sys.argv[1:]:

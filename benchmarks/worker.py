@@ -26,6 +26,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from exporter import log
 from exporter.config import NETNS_SELF, Config
 from exporter.poller import Poller
 from exporter.socket_stats import SocketStats
@@ -88,6 +89,7 @@ def scrape(url: str) -> None:
 
 
 def main() -> None:
+    log.configure("warning", "json")  # stdout carries the results: logs go to stderr
     poller = Poller(Config(netns=NETNS_SELF, netns_name="bench"))
     timewait = [0]
     in_buckets = [0]  # TIME-WAIT sockets over every bucket series, `other` included

@@ -23,6 +23,8 @@ from exporter.registry import COLLECTORS
 from exporter.server import parse_listen_address
 from exporter.sources.netstat import DEFAULT_FIELDS
 
+DEFAULT_POD_LOGS = "/var/log/pods"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -49,6 +51,35 @@ def build_parser() -> argparse.ArgumentParser:
         dest="telemetry_path",
         default="/metrics",
         help="path of the metrics page (default /metrics)",
+    )
+    web.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        default="",
+        help="exporter-toolkit web config (YAML): TLS, basic auth, response headers; "
+        "re-read when it or its certificates change, and on SIGHUP (default: none)",
+    )
+    web.add_argument(
+        "--web.max-requests",
+        dest="max_requests",
+        type=int,
+        default=40,
+        help="concurrent telemetry requests; more are answered 503 at once (default 40)",
+    )
+    web.add_argument(
+        "--web.read-timeout",
+        dest="read_timeout",
+        type=float,
+        default=10.0,
+        help="seconds a client has to send a whole request head (default 10)",
+    )
+    web.add_argument(
+        "--web.idle-timeout",
+        dest="idle_timeout",
+        type=float,
+        default=120.0,
+        help="seconds an idle keep-alive connection is kept; keep it above the scrape "
+        "interval (default 120)",
     )
     poll = parser.add_argument_group("polling")
     poll.add_argument(
@@ -83,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     paths.add_argument(
         "--path.pod-logs",
         dest="pod_logs",
-        default="/var/log/pods",
-        help="kubelet's pod log directory, for pod names (default /var/log/pods)",
+        default=None,
+        help="kubelet's pod log directory, for pod names (default /var/log/pods, "
+        "where it exists)",
     )
     paths.add_argument(
         "--netns.name",
@@ -190,7 +222,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config(
         procfs=Path(args.procfs),
         sysfs=Path(args.sysfs),
-        pod_logs=Path(args.pod_logs),
+        pod_logs=Path(args.pod_logs or DEFAULT_POD_LOGS),
         netns=netns_selection(args.netns),
         netns_name=args.netns_name,
         collectors=frozenset(s for s in COLLECTORS if getattr(args, f"collector_{s}")),
@@ -199,6 +231,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         poll_workers=args.poll_workers,
         listen_address=args.listen_address,
         telemetry_path=args.telemetry_path,
+        web_config_file=Path(args.web_config_file) if args.web_config_file else None,
+        max_requests=args.max_requests,
+        read_timeout=args.read_timeout,
+        idle_timeout=args.idle_timeout,
         log_level=args.log_level,
         log_format=args.log_format,
         buckets=bucket_options(args),
@@ -228,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--collector.netstat.fields is not a valid regex: {exc}")
     except ValueError as exc:
         parser.error(str(exc))
-    problem = startup_problem(config)
+    problem = startup_problem(config) or path_problem(args)
     if problem:
         parser.error(problem)
     log.configure(config.log_level, config.log_format)
@@ -245,12 +281,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def path_problem(args: argparse.Namespace) -> str:
+    """A path flag naming no directory ("" when fine). The default pod log directory may
+    be missing (no kubelet on the host); one given explicitly must exist."""
+    given = [("--path.procfs", args.procfs), ("--path.sysfs", args.sysfs)]
+    if args.pod_logs is not None:
+        given.append(("--path.pod-logs", args.pod_logs))
+    for flag, path in given:
+        if not Path(path).is_dir():
+            return f"{flag} {path} is not a directory"
+    return ""
+
+
 def startup_problem(config: Config) -> str:
     """What makes the flags unusable, checked before anything starts ("" when fine)."""
     if not math.isfinite(config.poll_interval) or config.poll_interval <= 0:
         return "--poll.interval must be a positive number of seconds"
+    if config.max_requests < 1:
+        return "--web.max-requests must be at least 1"
+    for flag, seconds in (
+        ("--web.read-timeout", config.read_timeout),
+        ("--web.idle-timeout", config.idle_timeout),
+    ):
+        if not math.isfinite(seconds) or seconds <= 0:
+            return f"{flag} must be a positive number of seconds"
     if not config.telemetry_path.startswith("/"):
         return f"--web.telemetry-path must start with /, got {config.telemetry_path!r}"
+    if config.telemetry_path in ("/", "/healthz", "/readyz"):
+        return f"--web.telemetry-path {config.telemetry_path} is taken by another page"
     if config.collectors is not None and not config.collectors:
         return "every collector is disabled: nothing to export"
     try:

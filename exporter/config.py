@@ -26,6 +26,10 @@ class Config:
     poll_workers: int = 2
     listen_address: str = ":9961"
     telemetry_path: str = "/metrics"
+    web_config_file: Path | None = None  # exporter-toolkit web config (TLS, basic auth)
+    max_requests: int = 40  # concurrent telemetry requests; more get 503
+    read_timeout: float = 10.0  # seconds to receive a request head
+    idle_timeout: float = 120.0  # seconds a keep-alive connection may stay idle
     log_level: str = "info"
     log_format: str = "auto"
     buckets: BucketOptions = field(default_factory=BucketOptions)

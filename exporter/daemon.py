@@ -10,12 +10,14 @@ import dataclasses
 import functools
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import structlog
+from prometheus_client import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
@@ -23,10 +25,13 @@ from exporter.collector import SnapshotCollector
 from exporter.config import Config
 from exporter.exposition import Exposition
 from exporter.poller import Poller
-from exporter.server import MetricsServer
+from exporter.server import MetricsServer, WebLimits
+from exporter.webconfig import WebConfigError
+from exporter.webreload import WebReloader, load_web
 
 log = structlog.get_logger("timewait_exporter.daemon")
 T = TypeVar("T")
+STALE_INTERVALS = 3  # /readyz fails once the last poll is this many intervals old
 
 
 class StartupError(Exception):
@@ -61,11 +66,29 @@ def in_daemon_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
     return future
 
 
+class PollClock:
+    """When the last poll completed, for /readyz (read on the loop, written by it too)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.completed_at: float | None = None  # time.monotonic()
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.completed_at is None:
+            return False, "not ready: no poll has completed yet"
+        age = time.monotonic() - self.completed_at
+        limit = STALE_INTERVALS * self.interval
+        if age >= limit:
+            return False, f"stale: the last poll completed {age:.1f} s ago (limit {limit:g} s)"
+        return True, f"ok: the last poll completed {age:.1f} s ago"
+
+
 async def poll_forever(
     poller: Poller,
     collector: SnapshotCollector,
     interval: float,
     exposition: Exposition | None = None,
+    clock: PollClock | None = None,
 ) -> None:
     """Poll every `interval` seconds; a poll that outlasts the interval delays the next
     one (polls never overlap) and counts as an overrun. Each poll is given the interval
@@ -86,52 +109,87 @@ async def poll_forever(
         except Exception:
             log.exception("poll failed")
         finished = time.monotonic()
+        if clock is not None:
+            clock.completed_at = finished
+        duration = finished - started
+        log.debug("poll done", seconds=round(duration, 4))
         next_start += interval
-        if finished > next_start:
+        if duration > interval:
             overruns += 1
-            log.warning("poll overran the interval", seconds=round(finished - started, 3))
-            next_start = finished
+            log.warning("poll overran the interval", seconds=round(duration, 3), interval=interval)
+        elif finished > next_start:
+            # The poll itself was quick, but it started late: the process was stopped
+            # (SIGSTOP) or starved of CPU. Not an overrun; the schedule restarts from now.
+            log.warning(
+                "polling fell behind schedule", late_seconds=round(finished - next_start, 3)
+            )
+        next_start = max(next_start, finished)
         await asyncio.sleep(max(0.0, next_start - time.monotonic()))
 
 
 async def serve(config: Config) -> None:
+    try:
+        web_config = load_web(config.web_config_file)
+    except WebConfigError as exc:
+        raise StartupError(f"--web.config.file {config.web_config_file}: {exc}") from None
     poller = Poller(config)
     collector = SnapshotCollector(config)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
+    # process_* of the exporter itself, as of the last poll (the exposition is rendered
+    # once per poll); always the real /proc/self, whatever --path.procfs says.
+    ProcessCollector(registry=registry)
     exposition = Exposition(registry)
+    clock = PollClock(config.poll_interval)
+    limits = WebLimits(
+        telemetry_path=config.telemetry_path,
+        max_requests=config.max_requests,
+        read_timeout=config.read_timeout,
+        idle_timeout=config.idle_timeout,
+    )
+    server = MetricsServer(exposition, limits, clock.readiness, web_config)
     try:
-        server = await MetricsServer(exposition, config.telemetry_path).start(config.listen_address)
+        addresses = await server.start(config.listen_address)
     except OSError as exc:  # in use, no permission for the port, unknown host, ...
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise StartupError(f"cannot listen on {config.listen_address}: {reason}") from None
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    reloader = None
+    if config.web_config_file is not None:
+        reloader = WebReloader(config.web_config_file, web_config, server.reload, loop)
+        reloader.start()
+    stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    # SIGHUP would end the process by default; there is no configuration file to re-read.
-    loop.add_signal_handler(
-        signal.SIGHUP, lambda: log.info("SIGHUP received: nothing to reload, still serving")
-    )
-    addresses = [sock.getsockname()[:2] for sock in server.sockets]
+    # SIGHUP would end the process by default: it re-reads the web config instead.
+    loop.add_signal_handler(signal.SIGHUP, functools.partial(_on_sighup, reloader))
     log.info(
         "listening",
         version=__version__,
-        addresses=[f"{a[0]}:{a[1]}" for a in addresses],
+        addresses=addresses,
+        tls=web_config.config.tls is not None,
+        basic_auth=bool(web_config.config.users),
         netns=config.netns if isinstance(config.netns, str) else sorted(config.netns),
         poll_interval=config.poll_interval,
         poll_workers=config.poll_workers,
         collectors=sorted(config.collectors) if config.collectors is not None else "all",
     )
     poll_task = asyncio.create_task(
-        poll_forever(poller, collector, config.poll_interval, exposition)
+        poll_forever(poller, collector, config.poll_interval, exposition, clock)
     )
     await stop.wait()
     log.info("shutting down")
     poll_task.cancel()
-    server.close()
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(server.wait_closed(), 1.0)
+    if reloader is not None:
+        reloader.stop()
+    await server.stop()
+
+
+def _on_sighup(reloader: WebReloader | None) -> None:
+    if reloader is None:
+        log.info("SIGHUP received: no --web.config.file to reload, still serving")
+    else:
+        reloader.request_reload("SIGHUP")
 
 
 def run(config: Config) -> None:
@@ -141,3 +199,11 @@ def run(config: Config) -> None:
         asyncio.run(serve(config))
     else:
         uvloop.run(serve(config))
+    if any(t.daemon and t.is_alive() for t in threading.enumerate()):
+        # A poll still runs. Interpreter shutdown would stop its thread with
+        # pthread_exit() when it next takes the GIL, and that forced unwind aborts the
+        # process ("terminate called without an active exception") if it crosses one of
+        # numpy's C++ frames. Nothing is left to flush but the log: leave at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

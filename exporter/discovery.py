@@ -19,7 +19,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-_NS_LINK = re.compile(r"^net:\[(\d+)\]$")
+# An inode number: at most 20 ASCII digits (int() refuses over 4300 and \d takes "٣").
+_NS_LINK = re.compile(r"net:\[([0-9]{1,20})\]")
 _OCTAL = re.compile(r"\\([0-7]{3})")
 
 
@@ -37,7 +38,7 @@ class FoundNamespace:
 
 
 def parse_ns_link(target: str) -> int | None:
-    match = _NS_LINK.match(target)
+    match = _NS_LINK.fullmatch(target)
     return int(match.group(1)) if match else None
 
 
@@ -52,8 +53,11 @@ def parse_mountinfo(text: str) -> list[tuple[int, str]]:
     A line: id parent major:minor root mountpoint options [optional...] - fstype source
     superoptions (Documentation/filesystems/proc.rst, /proc/<pid>/mountinfo)."""
     found: list[tuple[int, str]] = []
-    for line in text.splitlines():
-        fields = line.split()
+    # Only "\n" ends a line and only " " separates fields: a mount point may hold any other
+    # character unescaped, U+2028 and U+00A0 included (str.splitlines and str.split break
+    # at those).
+    for line in text.split("\n"):
+        fields = line.split(" ")
         try:
             dash = fields.index("-")
         except ValueError:
@@ -74,7 +78,7 @@ def scan_processes(procfs: Path) -> dict[int, list[int]]:
         entries = os.listdir(procfs)
     except OSError:
         return by_inode
-    pids = sorted(int(name) for name in entries if name.isdigit())
+    pids = sorted(int(name) for name in entries if name.isascii() and name.isdigit())
     for pid in pids:
         try:
             target = os.readlink(procfs / str(pid) / "ns" / "net")

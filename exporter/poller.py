@@ -24,11 +24,12 @@ namespace's dump per worker.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import os
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -149,10 +150,18 @@ class Poller:
         for source in HOST_SOURCES:
             if cfg.enabled(source.name):
                 results.append(self._run(HOST, source.name, functools.partial(source.read, cfg)))
+        duration = time.perf_counter() - start
+        outcomes = Counter(ns.outcome for ns in namespaces)
+        log.debug(
+            "poll summary",
+            seconds=round(duration, 4),
+            namespaces=len(namespaces),
+            **{f"outcome_{k}": v for k, v in sorted(outcomes.items())},
+        )
         return Snapshot(
             results=tuple(results),
             started_at=started_at,
-            duration_seconds=time.perf_counter() - start,
+            duration_seconds=duration,
             namespaces=tuple(namespaces),
         )
 
@@ -226,6 +235,13 @@ class Poller:
             tracked.outcome = "read"
         else:
             tracked.outcome = "dumped" if stats.dumped else "skipped"
+        log.debug(
+            "namespace polled",
+            netns=tracked.label,
+            outcome=tracked.outcome,
+            seconds=round(tracked.duration, 4),
+            failed=[r.source for r in results if not r.ok],
+        )
 
     # -- namespaces ----------------------------------------------------------------------
 
@@ -246,7 +262,9 @@ class Poller:
         if isinstance(cfg.netns, frozenset):
             wanted = {k: v for k, v in wanted.items() if identities[k].label in cfg.netns}
         for key in [k for k, t in self._tracked.items() if k not in wanted or t.gone]:
-            self._tracked.pop(key).close()
+            gone = self._tracked.pop(key)
+            log.debug("namespace gone: descriptors closed", netns=gone.label)
+            gone.close()
         for key, namespace in wanted.items():
             tracked = self._tracked.get(key)
             if tracked is None:
@@ -316,8 +334,11 @@ class Poller:
         paths = [
             str(cfg.procfs / str(pid) / "ns" / "net") for pid in tracked.found.pids[:PIDS_TRIED]
         ]
+        via_init: set[str] = set()
         for mount in tracked.found.mounts:
-            paths += [str(cfg.procfs / "1" / "root" / mount.lstrip("/")), mount]
+            init_view = str(cfg.procfs / "1" / "root" / mount.lstrip("/"))
+            via_init.add(init_view)
+            paths += [init_view, mount]
         failure: Exception | None = None
         for path in paths:
             try:
@@ -325,7 +346,14 @@ class Poller:
             except NamespaceChanged:
                 continue
             except OSError as exc:
-                if not is_gone(exc) and failure is None:
+                if is_gone(exc):
+                    continue
+                if path in via_init and exc.errno in (errno.EACCES, errno.EPERM):
+                    # /proc/1/root refused (no CAP_SYS_PTRACE) says nothing about the
+                    # mount, which the next path tries directly; a refused
+                    # /proc/<pid>/ns/net does: its process, and so the namespace, exists.
+                    continue
+                if failure is None:
                     failure = exc
         if failure is None:
             raise _Vanished()

@@ -54,7 +54,9 @@ class SocketTally:
 
     def add(self, batch: Batch) -> None:
         family_index = (batch.family == socket.AF_INET6).astype(np.int64)
-        index = family_index * 16 + batch.state
+        # idiag_state is a u8: a value past the last TCP state (include/net/tcp_states.h)
+        # lands in slot 15, which no state uses and nothing reports.
+        index = family_index * 16 + np.minimum(batch.state, 15)
         self._counts += np.bincount(index, minlength=32)[:32]
         if self._buckets is not None:
             self._buckets.add(batch)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 import subprocess
 from collections import Counter
 
@@ -14,9 +15,20 @@ from hypothesis import strategies as st
 
 from exporter.buckets import BucketOptions, BucketTally
 from exporter.capacity import PortPolicy, summarize
-from exporter.sources.inet_diag import TCP_LISTEN, TCP_TIME_WAIT, Batch
+from exporter.socket_stats import SocketTally
+from exporter.sources.inet_diag import (
+    TCP_LISTEN,
+    TCP_TIME_WAIT,
+    Batch,
+    DiagProtocolError,
+    DumpInterrupted,
+    decode_batch,
+)
 from tests.exposition import samples, series
+from tests.fuzzing import mutated
 from tests.kernel import Netns, connect, server_closes_first, time_wait_pairs
+from tests.sources.test_inet_diag import DUMPS
+from tests.sources.test_inet_diag import NAMES as DUMP_NAMES
 
 
 def labels_of(parsed: dict, metric: str) -> dict[tuple[str, ...], float]:
@@ -261,3 +273,43 @@ def test_aggregation_matches_brute_force(
     assert sum(r.sockets for r in usage.inbound) + usage.inbound_rest.sockets == sum(inn.values())
     for row in usage.inbound:
         assert inn[(row.local_addr, row.local_port, row.remote_addr)] == row.sockets
+
+
+# -- whatever the decoder returns must aggregate (fuzz/targets.py "tally" under atheris) --
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    mutated(st.sampled_from([(DUMPS / f"{n}.bin").read_bytes() for n in DUMP_NAMES])),
+    st.tuples(st.integers(1, 65535), st.integers(1, 65535)).map(sorted),
+    st.integers(0, 32),
+    st.integers(0, 128),
+    st.none() | st.frozensets(st.integers(1, 65535), max_size=4),
+    st.booleans(),
+)
+def test_any_decoded_records_aggregate(
+    data: bytes,
+    port_range: list[int],
+    v4_prefix: int,
+    v6_prefix: int,
+    inbound: frozenset[int] | None,
+    wide: bool,
+) -> None:
+    """Records with any family, state, ports and addresses (mutated recorded dumps that
+    still decode) are counted and bucketed without an exception."""
+    seq, pid = struct.unpack_from("=II", data, 8) if len(data) >= 16 else (7, 99)
+    try:
+        batch, _ = decode_batch(memoryview(data), len(data), seq, pid)
+    except (DiagProtocolError, DumpInterrupted):
+        return
+    options = BucketOptions(
+        top=3, ipv4_prefix=v4_prefix, ipv6_prefix=v6_prefix, inbound_ports=inbound or None
+    )
+    tally = SocketTally(PortPolicy((port_range[0], port_range[1]), (), 0, 1), options)
+    if wide and tally._buckets is not None:
+        tally._buckets.index_limit = 1  # the wide-key path
+    tally.add(batch)
+    tally.add(batch)
+    stats = tally.result(())
+    assert stats.ports is not None
+    assert all(count >= 0 for count in stats.states.values())

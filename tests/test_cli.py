@@ -4,6 +4,7 @@ on recorded trees through --path.procfs / --path.sysfs."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import socket
@@ -166,6 +167,8 @@ def test_corrupt_netstat_fails_alone(tree: Path) -> None:
 
 
 def test_exit_code_is_1_only_when_nothing_could_be_read(tmp_path: Path) -> None:
+    (tmp_path / "proc").mkdir()  # directories that exist, holding nothing to read
+    (tmp_path / "sys").mkdir()
     result = dump_tree(tmp_path)
     assert result.returncode == 1
     assert "tcptw_build_info" in result.stdout
@@ -196,6 +199,13 @@ def test_netstat_field_regex(tree: Path) -> None:
         ["--web.listen-address", ":99999"],
         ["--poll.workers", "0"],
         ["--netns", ","],
+        ["--web.max-requests", "0"],
+        ["--web.read-timeout", "nan"],
+        ["--web.idle-timeout", "-1"],
+        ["--web.telemetry-path", "/healthz"],
+        ["--path.procfs", "/nonexistent"],
+        ["--path.sysfs", "/etc/hostname"],
+        ["--path.pod-logs", "/nonexistent"],
         [
             f"--no-collector.{name}"
             for name in ("sockdiag", "netstat", "sockstat", "sysctl", "slab")
@@ -225,6 +235,40 @@ def test_a_port_in_use_is_a_one_line_error() -> None:
     assert result.stderr.strip() == (
         f"timewait-exporter: cannot listen on 127.0.0.1:{port}: Address already in use"
     )
+
+
+def test_a_missing_web_config_file_is_a_one_line_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            *EXPORTER,
+            "serve",
+            "--web.listen-address=127.0.0.1:0",
+            f"--web.config.file={tmp_path / 'web.yml'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"timewait-exporter: --web.config.file {tmp_path / 'web.yml'}: cannot read "
+        f"{tmp_path / 'web.yml'}: No such file or directory"
+    )
+
+
+def test_debug_logging_tells_what_each_poll_did(netns: Netns) -> None:
+    """--log.level=debug: one line per namespace (outcome, time, failed sources) and a
+    poll summary; nothing at the default level."""
+    netns.listen("127.0.0.1", 8080)
+    quiet = netns.exporter("dump", "--log.format=json")
+    assert quiet.stderr == ""
+    result = netns.exporter("dump", "--log.level=debug", "--log.format=json")
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    polled = [e for e in events if e["event"] == "namespace polled"]
+    assert len(polled) == 1 and polled[0]["outcome"] == "dumped" and polled[0]["failed"] == []
+    summary = [e for e in events if e["event"] == "poll summary"]
+    assert len(summary) == 1 and summary[0]["namespaces"] == 1
+    assert summary[0]["outcome_dumped"] == 1
 
 
 def test_dump_from_the_host_equals_ss_in_every_namespace(kernel: None) -> None:

@@ -4,6 +4,8 @@ and is counted as an overrun; the collector always holds the latest finished sna
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -12,9 +14,13 @@ import pytest
 
 from exporter.collector import SnapshotCollector
 from exporter.config import Config
-from exporter.daemon import poll_forever
+from exporter.daemon import PollClock, poll_forever
 from exporter.poller import Poller
 from exporter.snapshot import Snapshot
+from exporter.sources.slab import SYSFS_FILES
+from tests.exposition import samples, series, value
+from tests.kernel import wait_until
+from tests.serving import running
 
 
 class SlowPoller(Poller):
@@ -80,3 +86,123 @@ def test_polls_within_the_interval_are_not_overruns(config: Config) -> None:
     collector = run_for(poller, interval=0.1, seconds=0.55)
     assert collector.snapshot is not None and collector.snapshot.poll_overruns == 0
     assert 5 <= poller.polls <= 7
+
+
+def test_readiness_follows_the_age_of_the_last_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = PollClock(interval=10)
+    assert clock.readiness() == (False, "not ready: no poll has completed yet")
+    now = time.monotonic()
+    clock.completed_at = now - 29
+    assert clock.readiness()[0] is True
+    clock.completed_at = now - 31
+    ready, message = clock.readiness()
+    assert (
+        not ready
+        and message.startswith("stale: the last poll completed 31.")
+        and ("(limit 30 s)" in message)
+    )
+
+
+def hang_slab_reads(sysfs: Path) -> Path:
+    """Make the slab source block: tw_sock_TCP becomes a merged sysfs cache whose files
+    are FIFOs without a writer, so its next read waits (a real blocking read, not a
+    stand-in). Returns the directory holding the FIFOs."""
+    target = sysfs / "kernel" / "slab" / ":A-hung"
+    target.mkdir()
+    for name in SYSFS_FILES:
+        os.mkfifo(target / name)
+    (sysfs / "kernel" / "slab" / "tw_sock_TCP").symlink_to(target)
+    return target
+
+
+def release(fifos: Path) -> threading.Thread:
+    """Write each FIFO once (in order, as the source reads them), in the background."""
+
+    def feed() -> None:
+        for name in SYSFS_FILES:
+            with open(fifos / name, "w") as fifo:
+                fifo.write("1\n")
+
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_readyz_fails_on_a_hung_poll_and_recovers(tmp_path: Path) -> None:
+    """A poll stuck in a read: /metrics keeps answering with the last figures, but
+    tcptw_last_poll_timestamp_seconds stops and /readyz turns 503 after three intervals;
+    once the read returns, /readyz is 200 again. SIGTERM during the hung poll stops the
+    daemon at once."""
+    sysfs = tmp_path / "sys"
+    (sysfs / "kernel" / "slab").mkdir(parents=True)
+    with running("--poll.interval=0.5", f"--path.sysfs={sysfs}", ready_path="/readyz") as d:
+        fifos = hang_slab_reads(sysfs)
+        time.sleep(0.6)  # the poll now running hangs in the slab read
+        frozen = value(samples(d.get()[1].decode()), "tcptw_last_poll_timestamp_seconds")
+        wait_until(lambda: d.get("/readyz")[0].status == 503, timeout=5, what="a 503")
+        _, body = d.get("/readyz")
+        assert body.decode().startswith("stale: the last poll completed")
+        metrics, text = d.get()
+        assert metrics.status == 200
+        assert value(samples(text.decode()), "tcptw_last_poll_timestamp_seconds") == frozen
+        assert d.get("/healthz")[0].status == 200  # the process itself still serves
+        release(fifos).join(timeout=5)
+        wait_until(lambda: d.get("/readyz")[0].status == 200, timeout=5, what="a 200")
+        # The next poll hangs again; SIGTERM must not wait for it.
+        time.sleep(0.6)
+        start = time.monotonic()
+        events = [line["event"] for line in d.stop()]
+        assert time.monotonic() - start < 2 and d.proc.returncode == 0
+        assert events[-1] == "shutting down"
+
+
+def test_permission_denied_on_a_source_fails_only_that_source(kernel: None) -> None:
+    """As uid 65534 with every capability dropped: /proc/slabinfo and the SLUB files are
+    root-only, so slab fails (one line, success 0) and every other source serves."""
+    with running(
+        "--poll.interval=60",
+        prefix=(
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ),
+        ready_path="/readyz",
+    ) as d:
+        parsed = samples(d.get()[1].decode())
+        success = {
+            (dict(k)["netns"], dict(k)["source"]): v
+            for k, v in series(parsed, "tcptw_source_success").items()
+        }
+        assert success.pop(("", "slab")) == 0
+        assert set(success.values()) == {1.0}, success
+        assert ("host", "sockdiag") in success
+        events = d.stop()
+    failed = [e for e in events if e["event"] == "source failed"]
+    assert len(failed) == 1 and failed[0]["source"] == "slab", events
+    assert "Permission denied" in str(failed[0]["error"])
+
+
+def test_a_stopped_process_is_late_not_overrunning(tree: Path) -> None:
+    """SIGSTOP/SIGCONT: the polls were late, not long; the warning says so and no
+    overrun is counted."""
+    with running(
+        "--poll.interval=0.5",
+        f"--path.procfs={tree / 'proc'}",
+        f"--path.sysfs={tree / 'sys'}",
+        "--netns.name=t",
+        "--collector.sockdiag",
+        ready_path="/readyz",
+    ) as d:
+        d.proc.send_signal(signal.SIGSTOP)
+        time.sleep(2)
+        d.proc.send_signal(signal.SIGCONT)
+        time.sleep(1)
+        parsed = samples(d.get()[1].decode())
+        assert value(parsed, "tcptw_poll_overruns_total") == 0
+        events = d.stop()
+    late = [e for e in events if e["event"] == "polling fell behind schedule"]
+    assert len(late) == 1 and float(str(late[0]["late_seconds"])) >= 1.0, events
+    assert not [e for e in events if e["event"] == "poll overran the interval"]

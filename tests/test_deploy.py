@@ -18,7 +18,13 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 PROM_DIR = REPO / "deploy" / "prometheus"
-K8S_DIR = REPO / "deploy" / "kubernetes"
+K8S_ROOT = REPO / "deploy" / "kubernetes"
+K8S_DIR = K8S_ROOT / "base"
+OVERLAY_DIR = K8S_ROOT / "overlays" / "tls-auth"
+WEB_CONFIG_DIR = "/etc/timewait-exporter"
+SYSTEMD_UNIT = REPO / "deploy" / "systemd" / "timewait-exporter.service"
+# `systemd-analyze security --offline=yes` of the unit, as recorded in docs/security.md.
+SYSTEMD_EXPOSURE = 2.2
 DASHBOARD = REPO / "grafana" / "timewait-exporter.json"
 PORT = 9961
 METRIC_RE = re.compile(r"tcptw_[a-z0-9_]+")
@@ -224,6 +230,23 @@ def k8s_docs() -> dict[str, list[dict[str, Any]]]:
     }
 
 
+def kustomize(directory: Path) -> list[dict[str, Any]]:
+    """The objects `kubectl kustomize` renders (offline: no cluster is contacted)."""
+    result = run([tool("kubectl"), "kustomize", str(directory)], REPO, timeout=60)
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
+
+
+def one(objects: list[dict[str, Any]], kind: str, name: str = "timewait-exporter") -> Any:
+    (found,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    return found
+
+
+def pod_container(daemonset: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    pod = daemonset["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return pod, container
+
+
 def test_k8s_manifests_are_well_formed() -> None:
     docs = k8s_docs()
     assert "kustomization.yaml" in docs
@@ -234,32 +257,68 @@ def test_k8s_manifests_are_well_formed() -> None:
             assert obj.get("metadata", {}).get("name"), name
     resources = docs["kustomization.yaml"][0]["resources"]
     assert sorted(resources) == sorted(set(docs) - {"kustomization.yaml"})
+    # `kubectl apply -k deploy/kubernetes` is the base (kustomize refuses an overlay that
+    # sits inside its base's directory, so the base lives in base/).
+    assert load_yaml(K8S_ROOT / "kustomization.yaml")["resources"] == ["base"]
+
+
+def test_kustomize_builds_the_base() -> None:
+    objects = kustomize(K8S_ROOT)
+    kinds = sorted(o["kind"] for o in objects)
+    assert kinds == sorted(
+        [
+            "Namespace",
+            "DaemonSet",
+            "Service",
+            "NetworkPolicy",
+            "ServiceMonitor",
+            "PrometheusRule",
+        ]
+    )
+    assert all(
+        o["metadata"].get("namespace") == "timewait-exporter"
+        for o in objects
+        if o["kind"] != "Namespace"
+    )
 
 
 def test_daemonset_matches_image_and_exporter_flags() -> None:
     ds = load_yaml(K8S_DIR / "daemonset.yaml")
     assert ds["kind"] == "DaemonSet"
-    pod = ds["spec"]["template"]["spec"]
-    assert pod["hostNetwork"] is True and pod["hostPID"] is True
-    (container,) = pod["containers"]
+    pod, container = pod_container(ds)
+    assert "hostPID" not in pod  # /host/proc/thread-self works from the pod's PID namespace
+    assert pod["automountServiceAccountToken"] is False  # no API calls
     args = container["args"]
     assert args[0] == "serve", "args replace the image's CMD, so they must start with serve"
     assert {
+        "--web.listen-address=:9961",
         "--path.procfs=/host/proc",
-        "--path.sysfs=/host/sys",
         "--path.pod-logs=/var/log/pods",
     } <= set(args)
-    assert [p["containerPort"] for p in container["ports"]] == [PORT]
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/metrics", "port": PORT}
+    assert not any(a.startswith("--path.sysfs") for a in args)  # the container's own /sys
     context = container["securityContext"]
     assert set(context["capabilities"]["add"]) == {"SYS_ADMIN", "SYS_PTRACE"}  # each explained
     assert context["capabilities"]["drop"] == ["ALL"]
     assert context["allowPrivilegeEscalation"] is False
+    assert context["privileged"] is False and context["readOnlyRootFilesystem"] is True
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    assert all(mounts[path]["readOnly"] for path in ("/host/proc", "/host/sys", "/var/log/pods"))
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    assert host_paths == {"proc": "/proc", "pod-logs": "/var/log/pods"}
+    assert all(m["readOnly"] for m in mounts.values() if m["name"] in host_paths)
     comment = (K8S_DIR / "daemonset.yaml").read_text().split("apiVersion")[0]
-    for word in ("hostNetwork", "hostPID", "SYS_ADMIN", "SYS_PTRACE", "/var/log/pods"):
+    for word in (
+        "hostPID",
+        "SYS_ADMIN",
+        "SYS_PTRACE",
+        "runAsUser 0",
+        "/host/proc",
+        "No hostPID",
+        "No host /sys",
+        "/var/log/pods",
+        "AppArmor unconfined",
+        "No hostNetwork",
+        "NetworkPolicy",
+    ):
         assert word in comment, f"the DaemonSet's header does not explain {word}"
 
     image, _, tag = container["image"].partition(":")
@@ -267,6 +326,36 @@ def test_daemonset_matches_image_and_exporter_flags() -> None:
     images = {entry["name"]: entry for entry in kustomization["images"]}
     assert image in images, f"{image} is not in kustomization.yaml images"
     assert images[image].get("newTag", tag) == tag
+
+
+def test_daemonset_serves_on_the_pod_ip() -> None:
+    """No hostNetwork (NetworkPolicy does not apply to hostNetwork pods on most CNIs), so
+    no host port and no ClusterFirstWithHostNet either, anywhere in the deploy files."""
+    pod, container = pod_container(load_yaml(K8S_DIR / "daemonset.yaml"))
+    assert "hostNetwork" not in pod and "dnsPolicy" not in pod
+    assert container["ports"] == [{"name": "metrics", "containerPort": PORT, "protocol": "TCP"}]
+    for path in sorted((REPO / "deploy").rglob("*")):
+        if path.suffix in (".yaml", ".yml"):
+            text = "\n".join(
+                line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")
+            )
+            for key in ("hostNetwork:", "hostPort:", "ClusterFirstWithHostNet"):
+                assert key not in text, f"{path.relative_to(REPO)} still has {key}"
+
+
+def test_daemonset_probes() -> None:
+    """Liveness asks whether the process serves, readiness whether polls are recent
+    (/readyz fails after 3 poll intervals, 45 s at the default 15 s)."""
+    _, container = pod_container(load_yaml(K8S_DIR / "daemonset.yaml"))
+    liveness, readiness = container["livenessProbe"], container["readinessProbe"]
+    assert liveness["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert readiness["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    for probe in (liveness, readiness):
+        assert probe["timeoutSeconds"] < probe["periodSeconds"]
+    # A restart needs a minute of silence; readiness turns within a poll interval or two
+    # of /readyz turning.
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 60
+    assert readiness["periodSeconds"] * readiness["failureThreshold"] <= 2 * 15
 
 
 def test_service_and_servicemonitor_agree() -> None:
@@ -281,6 +370,150 @@ def test_service_and_servicemonitor_agree() -> None:
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] == port_name
     assert endpoint["interval"] == "15s"
+    # Targets are pod IPs: instance is the node name, stable across pod restarts.
+    targets = {
+        r["targetLabel"]: r["sourceLabels"] for r in endpoint["relabelings"] if "targetLabel" in r
+    }
+    assert targets["instance"] == targets["node"] == ["__meta_kubernetes_pod_node_name"]
+
+
+def test_networkpolicy_admits_only_prometheus_and_denies_egress() -> None:
+    policy = load_yaml(K8S_DIR / "networkpolicy.yaml")
+    ds = load_yaml(K8S_DIR / "daemonset.yaml")
+    pod_labels = ds["spec"]["template"]["metadata"]["labels"]
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
+    assert spec.get("egress", []) == [], "the exporter connects nowhere: no egress at all"
+    (rule,) = spec["ingress"]
+    (peer,) = rule["from"]  # one peer holding both selectors: namespace AND pod must match
+    assert peer["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}
+    }
+    assert peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+    assert rule["ports"] == [{"protocol": "TCP", "port": PORT}]
+    comment = (K8S_DIR / "networkpolicy.yaml").read_text().split("apiVersion")[0]
+    assert "ADAPT" in comment and "hostNetwork" in comment
+
+
+def test_tls_auth_overlay_renders_what_it_claims() -> None:
+    objects = kustomize(OVERLAY_DIR)
+    base_args = pod_container(load_yaml(K8S_DIR / "daemonset.yaml"))[1]["args"]
+    pod, container = pod_container(one(objects, "DaemonSet"))
+    assert container["args"] == [*base_args, f"--web.config.file={WEB_CONFIG_DIR}/web-config.yml"]
+    assert container["livenessProbe"]["httpGet"] == {
+        "path": "/healthz",
+        "port": "metrics",
+        "scheme": "HTTPS",
+    }
+    assert container["readinessProbe"]["httpGet"] == {
+        "path": "/readyz",
+        "port": "metrics",
+        "scheme": "HTTPS",
+    }
+    assert "hostPID" not in pod_container(one(objects, "DaemonSet"))[0]
+    annotations = one(objects, "DaemonSet")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "false"  # scrapers without credentials
+
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == WEB_CONFIG_DIR]
+    assert mount["readOnly"] is True and "subPath" not in mount  # subPath never updates
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["projected"]["defaultMode"] == 0o400
+    files = {
+        item["path"]: source["secret"]["name"]
+        for source in volume["projected"]["sources"]
+        for item in source["secret"]["items"]
+    }
+    assert sorted(files) == ["tls.crt", "tls.key", "web-config.yml"]
+
+    secrets = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Secret"}
+    certificates = {o["spec"]["secretName"]: o for o in objects if o["kind"] == "Certificate"}
+    assert files["web-config.yml"] in secrets  # with kustomize's hash suffix
+    assert files["tls.crt"] == files["tls.key"] in certificates
+    serving = certificates[files["tls.crt"]]
+
+    (endpoint,) = one(objects, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    tls = endpoint["tlsConfig"]
+    assert tls["ca"]["secret"] == {"name": files["tls.crt"], "key": "ca.crt"}
+    assert tls["serverName"] in serving["spec"]["dnsNames"]
+    auth = endpoint["basicAuth"]
+    assert auth["username"]["name"] == auth["password"]["name"] in secrets
+    assert {auth["username"]["key"], auth["password"]["key"]} <= set(
+        secrets[auth["password"]["name"]]["data"]
+    )
+    assert any(o["kind"] == "NetworkPolicy" for o in objects)
+    for obj in objects:
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"]["namespace"] == "timewait-exporter", obj["metadata"]["name"]
+
+
+def overlay_credentials() -> tuple[str, str]:
+    pairs = dict(
+        line.split("=", 1)
+        for line in (OVERLAY_DIR / "prometheus-credentials.env").read_text().splitlines()
+        if "=" in line
+    )
+    return pairs["username"], pairs["password"]
+
+
+def test_tls_auth_web_config_is_valid_for_the_exporter(tmp_path: Path) -> None:
+    """The overlay's web-config.yml, as mounted next to a throwaway certificate: it holds
+    only exporter-toolkit keys, the exporter loads it and its TLS files, and its hash is
+    the bcrypt of the password Prometheus is given."""
+    import bcrypt
+
+    from exporter.tls import build_context
+    from exporter.webconfig import load_web_config
+
+    text = (OVERLAY_DIR / "web-config.yml").read_text()
+    document = yaml.safe_load(text)
+    assert set(document) <= {"tls_server_config", "basic_auth_users", "http_server_config"}
+    tls_section = document["tls_server_config"]
+    assert set(tls_section) <= {
+        "cert_file",
+        "key_file",
+        "client_ca_file",
+        "client_auth_type",
+        "min_version",
+        "max_version",
+    }
+    assert (tls_section["cert_file"], tls_section["key_file"]) == ("tls.crt", "tls.key")
+    user, password = overlay_credentials()
+    assert list(document["basic_auth_users"]) == [user]
+    assert bcrypt.checkpw(password.encode(), document["basic_auth_users"][user].encode())
+    assert "example" in password and "EXAMPLE" in text  # nobody mistakes it for a real one
+
+    (tmp_path / "web-config.yml").write_text(text)
+    run(
+        [
+            tool("openssl"),
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=timewait-exporter",
+            "-addext",
+            "subjectAltName=DNS:timewait-exporter.timewait-exporter.svc",
+            "-keyout",
+            "tls.key",
+            "-out",
+            "tls.crt",
+        ],
+        tmp_path,
+        timeout=30,
+    )
+    config = load_web_config(tmp_path / "web-config.yml")
+    assert config.tls is not None
+    assert config.tls.cert_file == tmp_path / "tls.crt"  # relative to the config file
+    assert set(config.users) == {user}
+    build_context(config.tls)  # loads the certificate and key
 
 
 # --- Grafana ------------------------------------------------------------------------------
@@ -312,7 +545,7 @@ def test_dashboard_structure_and_metrics() -> None:
 
 
 def test_systemd_unit_grants_exactly_the_explained_capabilities() -> None:
-    unit = (REPO / "deploy" / "systemd" / "timewait-exporter.service").read_text()
+    unit = SYSTEMD_UNIT.read_text()
     settings = dict(
         line.split("=", 1) for line in unit.splitlines() if "=" in line and line[0] != "#"
     )
@@ -322,3 +555,36 @@ def test_systemd_unit_grants_exactly_the_explained_capabilities() -> None:
     header = unit.split("[Unit]")[0]
     assert all(cap in header for cap in granted), "every capability is explained"
     assert int(settings["LimitNOFILE"]) >= 16384  # descriptors kept per namespace
+
+
+def test_systemd_unit_reloads_with_sighup() -> None:
+    unit = SYSTEMD_UNIT.read_text()
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in unit.splitlines()
+    # The one listening port may be bound, and it is the exporter's default.
+    assert f"SocketBindAllow=tcp:{PORT}" in unit and "SocketBindDeny=any" in unit
+
+
+def test_systemd_analyze_exposure_stays_at_the_recorded_level(tmp_path: Path) -> None:
+    shutil.copy2(SYSTEMD_UNIT, tmp_path / SYSTEMD_UNIT.name)
+    result = subprocess.run(
+        [
+            tool("systemd-analyze"),
+            "security",
+            "--offline=yes",
+            "--no-pager",
+            SYSTEMD_UNIT.name,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert match, f"no exposure level in:\n{result.stdout}\n{result.stderr}"
+    exposure = float(match.group(1))
+    assert exposure <= SYSTEMD_EXPOSURE, (
+        f"exposure rose to {exposure} (recorded {SYSTEMD_EXPOSURE}):\n{result.stdout}"
+    )
+    doc = (REPO / "docs" / "security.md").read_text()
+    assert f"**{SYSTEMD_EXPOSURE}**" in doc, "docs/security.md records another score"

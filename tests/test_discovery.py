@@ -6,8 +6,13 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from exporter.discovery import FoundNamespace, discover, parse_mountinfo, parse_ns_link
 from tests.conftest import FIXTURES
+from tests.fuzzing import FUZZ, mutated, texts
 from tests.kernel import Netns, unnamed_namespace
 
 # The first line was recorded on this machine (`ip netns add`); the others follow the
@@ -59,3 +64,66 @@ def test_discovery_finds_named_and_unnamed_namespaces(netns: Netns) -> None:
     subprocess.run(["ip", "netns", "del", "twt-never-created"], capture_output=True)
     assert not Path("/run/netns/twt-never-created").exists()
     assert inode not in discover(Path("/proc"))  # its process exited: the namespace is gone
+
+
+# -- property tests (hypothesis); fuzz/targets.py runs the same parser under atheris ------
+
+_ESCAPED = {" ": "\\040", "\t": "\\011", "\n": "\\012", "\\": "\\134", "#": "\\043"}
+# A mount point as the kernel prints it (fs/proc_namespace.c, mangle): any bytes but NUL,
+# with space, tab, newline, backslash and "#" escaped; read with errors="replace".
+_MOUNT_POINT = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\0"))
+OTHER_LINES = [
+    "1 0 253:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw",
+    "900 29 0:4 mnt:[4026532700] /run/mntns/pin rw - nsfs nsfs rw",
+    "25 1 0:22 / /proc rw,nosuid shared:12 master:3 - proc proc rw",
+]
+
+
+@st.composite
+def mountinfo_files(draw: st.DrawFn) -> tuple[str, list[tuple[int, str]]]:
+    lines, expected = [], []
+    for _ in range(draw(st.integers(0, 6))):
+        if draw(st.booleans()):
+            lines.append(draw(st.sampled_from(OTHER_LINES)))
+            continue
+        inode, path = draw(st.integers(0, 2**32 - 1)), "/" + draw(_MOUNT_POINT)
+        mangled = "".join(_ESCAPED.get(c, c) for c in path)
+        optional = draw(st.sampled_from(["", " shared:7", " shared:2 master:1"]))
+        lines.append(f"812 29 0:4 net:[{inode}] {mangled} rw{optional} - nsfs nsfs rw")
+        expected.append((inode, path))
+    return "".join(line + "\n" for line in lines), expected
+
+
+@FUZZ
+@given(mountinfo_files())
+def test_generated_mountinfo_gives_exactly_its_namespace_mounts(
+    doc: tuple[str, list[tuple[int, str]]],
+) -> None:
+    text, expected = doc
+    assert parse_mountinfo(text) == expected
+
+
+@FUZZ
+@given(mutated(st.just(MOUNTINFO.read_bytes())) | st.binary())
+def test_mutated_mountinfo_never_raises(data: bytes) -> None:
+    for text in texts(data):
+        for inode, path in parse_mountinfo(text):
+            assert 0 <= inode < 10**20 and isinstance(path, str)
+        parse_ns_link(text)
+
+
+@pytest.mark.parametrize("link", ["net:[" + "1" * 4400 + "]", "net:[٣]", "net:[1]\n"])
+def test_ns_link_int_cannot_read_is_not_a_namespace(link: str) -> None:
+    """Found by fuzzing: \\d took "٣" and 4400-digit inodes, and int() raised ValueError
+    out of parse_mountinfo."""
+    assert parse_ns_link(link) is None
+    assert parse_mountinfo(f"1 2 0:4 {link} /run/netns/x rw - nsfs nsfs rw\n") == []
+
+
+@pytest.mark.parametrize("name", ["\x1f", "a\u2028b", "a\x85b", "a\xa0b", "a\x1cb", "a\u3000b"])
+def test_mount_point_with_unicode_line_or_space_separator(name: str) -> None:
+    """Found by the generated-mountinfo property ("/\x1f" came out as "/"): splitlines()
+    and split() also break at U+001F, U+2028, U+0085, U+00A0, ..., which the kernel does
+    not escape in a mount point."""
+    text = f"812 29 0:4 net:[7] /run/netns/{name} rw - nsfs nsfs rw\n"
+    assert parse_mountinfo(text) == [(7, f"/run/netns/{name}")]

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from exporter.pods import PodName, parse_pod_log_dir, pod_uid_from_cgroup, read_pod_names
 from tests.conftest import FIXTURES
+from tests.fuzzing import FUZZ, mutated, texts
 
 CGROUPS = FIXTURES / "discovery"
 
@@ -44,3 +47,62 @@ def test_read_pod_names(tmp_path: Path) -> None:
         "11111111-2222-3333-4444-555555555555": PodName("web", "api-0")
     }
     assert read_pod_names(tmp_path / "missing") == {}
+
+
+# -- property tests (hypothesis); fuzz/targets.py runs the same parsers under atheris -----
+
+_HEX = "0123456789abcdef"
+_UUID = st.uuids().map(str)
+_STATIC_UID = st.text(st.sampled_from(_HEX), min_size=32, max_size=32)
+_ID = st.text(st.sampled_from(_HEX), min_size=64, max_size=64)  # a container id
+_DNS = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", fullmatch=True)
+
+
+@st.composite
+def cgroup_files(draw: st.DrawFn) -> tuple[str, str]:
+    """A /proc/<pid>/cgroup of a pod's process in one of kubelet's layouts."""
+    uid = draw(_UUID | _STATIC_UID)
+    qos = draw(st.sampled_from(["", "burstable", "besteffort"]))
+    container = draw(_ID)
+    if draw(st.booleans()):  # systemd driver
+        slice_ = f"kubepods-{qos}" if qos else "kubepods"
+        runtime = draw(st.sampled_from(["cri-containerd", "crio", "docker"]))
+        path = (
+            f"/kubepods.slice/{slice_}.slice/{slice_}-pod{uid.replace('-', '_')}.slice"
+            f"/{runtime}-{container}.scope"
+        )
+    else:  # cgroupfs driver
+        path = f"/kubepods{'/' + qos if qos else ''}/pod{uid}/{container}"
+    if draw(st.booleans()):
+        path = "/.." * draw(st.integers(1, 3)) + path  # a private cgroup namespace
+    if draw(st.booleans()):
+        lines = [f"0::{path}"]
+    else:
+        lines = [f"{i}:{c}:{path}" for i, c in enumerate(["cpu,cpuacct", "memory", "pids"], 1)]
+        lines.insert(0, "1:name=systemd:/init.scope" if draw(st.booleans()) else "0::/")
+    return "\n".join(lines) + "\n", uid
+
+
+@FUZZ
+@given(cgroup_files())
+def test_generated_cgroup_file_gives_its_pod_uid(doc: tuple[str, str]) -> None:
+    text, uid = doc
+    assert pod_uid_from_cgroup(text) == uid
+
+
+@FUZZ
+@given(_DNS, _DNS, _UUID)
+def test_pod_log_dir_round_trip(namespace: str, pod: str, uid: str) -> None:
+    assert parse_pod_log_dir(f"{namespace}_{pod}_{uid}") == (uid, PodName(namespace, pod))
+
+
+@FUZZ
+@given(
+    mutated(st.sampled_from([p.read_bytes() for p in sorted(CGROUPS.glob("cgroup-*"))]))
+    | st.binary()
+)
+def test_mutated_cgroup_files_and_names_never_raise(data: bytes) -> None:
+    for text in texts(data):
+        uid = pod_uid_from_cgroup(text)
+        assert uid is None or len(uid) in (32, 36)
+        parse_pod_log_dir(text)

@@ -4,6 +4,9 @@ import contextlib
 import gc
 import os
 import shutil
+import socket
+import struct
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,7 +43,7 @@ def test_failing_source_logs_once_per_change_of_state(tree: Path) -> None:
         netstat.write_text(good)
         third = poller.poll_once()
         poller.poll_once()
-    events = [(e["event"], e.get("source")) for e in logs]
+    events = [(e["event"], e.get("source")) for e in logged(logs)]
     assert events == [("source failed", "netstat"), ("source recovered", "netstat")]
     assert [(r.source, r.netns, r.ok) for r in first.results] == [
         ("netstat", "t", False),
@@ -65,7 +68,7 @@ def test_buckets_without_the_sysctl_collector_log_why_they_are_missing(tree: Pat
     with structlog.testing.capture_logs() as logs:
         snapshot = poller.poll_once()
         poller.poll_once()  # the same problem again: no second line
-    assert [(e["event"], e["source"], e["log_level"]) for e in logs] == [
+    assert [(e["event"], e["source"], e["log_level"]) for e in logged(logs)] == [
         (
             "buckets unavailable: sysctls unreadable: ip_local_port_range must hold two numbers, "
             "got 'garbage'",
@@ -84,6 +87,11 @@ def poll_text(poller: Poller) -> tuple[Snapshot, str]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     return snapshot, generate_latest(registry).decode()
+
+
+def logged(logs: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Captured log entries above debug (the level a default daemon prints)."""
+    return [e for e in logs if e["log_level"] != "debug"]
 
 
 def open_fds() -> int:
@@ -167,12 +175,12 @@ def test_namespace_that_cannot_be_opened_fails_visibly(kernel: None, tmp_path: P
                 (ns.name, "sysctl", False)
             ]
             assert "Operation not permitted" in first.results[0].error
-            assert [e["event"] for e in logs] == ["source failed"]  # once, not every poll
+            assert [e["event"] for e in logged(logs)] == ["source failed"]  # once, not every poll
             poller._open = tracked_open  # type: ignore[method-assign]
             with structlog.testing.capture_logs() as logs:
                 recovered, _ = poll_text(poller)
             assert [(r.source, r.ok) for r in recovered.results] == [("sysctl", True)]
-            assert [e["event"] for e in logs] == ["source recovered"]
+            assert [e["event"] for e in logged(logs)] == ["source recovered"]
         finally:
             poller.close()
 
@@ -304,5 +312,65 @@ def test_budget_defers_fairly_and_keeps_the_last_figures(kernel: None) -> None:
                     )
                     assert listening == 1
             assert sorted(read) == sorted(names)  # each read once in three polls
+        finally:
+            poller.close()
+
+
+def test_hung_sockdiag_fails_alone_and_recovers(kernel: None) -> None:
+    """A sock_diag socket that never answers (its request is not sent, as if the kernel
+    hung in the dump): the recv timeout ends the dump, sockdiag fails with one log line
+    while the namespace's other sources succeed, and the next poll, on the fresh socket
+    the failure opened, succeeds again."""
+    with new_netns() as ns:
+        ns.listen("127.0.0.1", 8080)
+        poller = Poller(Config(netns=frozenset({ns.name})))
+        try:
+            poll_text(poller)  # opens the namespace's context
+            (tracked,) = poller._tracked.values()
+            assert tracked.context is not None and tracked.context.diag is not None
+            hung = tracked.context.diag
+            hung.recv_timeout = 0.3
+            hung.sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", 0, 300_000)
+            )
+            hung.request = lambda states, bytecode=b"": 1  # type: ignore[method-assign]
+            with structlog.testing.capture_logs() as logs:
+                snapshot, text = poll_text(poller)
+            outcome = {r.source: (r.ok, r.error) for r in snapshot.results if r.netns == ns.name}
+            assert outcome["sockdiag"][0] is False
+            assert "no sock_diag reply within 0.3 s" in outcome["sockdiag"][1]
+            assert all(ok for source, (ok, _) in outcome.items() if source != "sockdiag")
+            assert f'tcptw_source_success{{netns="{ns.name}",source="sockdiag"}} 0.0' in text
+            assert [e["event"] for e in logged(logs)] == ["source failed"]
+            assert tracked.context.diag is not hung  # replaced after the failure
+            recovered, text = poll_text(poller)
+            assert all(r.ok for r in recovered.results if r.netns == ns.name)
+            assert f'tcptw_sockets{{family="ipv4",netns="{ns.name}",state="listen"}} 1.0' in text
+        finally:
+            poller.close()
+
+
+def test_namespace_vanishing_between_discovery_and_open(kernel: None) -> None:
+    """A namespace deleted after discovery found it and before a worker entered it: the
+    poll completes, the namespace is simply absent (no failed series, no error line), and
+    the other namespaces are read."""
+    with new_netns() as stays, new_netns() as goes:
+        stays.listen("127.0.0.1", 8080)
+        poller = Poller(Config(netns=frozenset({stays.name, goes.name})))
+        real_open = poller._open
+
+        def delete_then_open(tracked: Tracked) -> NetnsContext:
+            if tracked.label == goes.name:
+                subprocess.run(["ip", "netns", "delete", goes.name], check=True)
+            return real_open(tracked)
+
+        poller._open = delete_then_open  # type: ignore[method-assign]
+        try:
+            with structlog.testing.capture_logs() as logs:
+                snapshot, text = poll_text(poller)
+            assert {ns.label for ns in snapshot.namespaces} == {stays.name}
+            assert f'netns="{goes.name}"' not in text
+            assert all(r.ok for r in snapshot.results)
+            assert [e for e in logs if e["log_level"] in ("error", "warning")] == []
         finally:
             poller.close()

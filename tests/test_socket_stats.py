@@ -3,8 +3,9 @@ from __future__ import annotations
 from exporter.buckets import BucketOptions
 from exporter.capacity import PortPolicy
 from exporter.socket_stats import SocketTally
-from exporter.sources.inet_diag import REPORTED_STATES
+from exporter.sources.inet_diag import REPORTED_STATES, decode_batch
 from tests.kernel import Netns, populate_all_states, server_closes_first, time_wait_pairs
+from tests.sources.test_inet_diag import load
 
 
 def test_state_counts_equal_ss(netns: Netns) -> None:
@@ -56,3 +57,19 @@ def test_kernel_port_filter_returns_what_ss_filters(netns: Netns) -> None:
     assert {k: v for k, v in stats.states.items() if v} == dict(expected)
     assert stats.states[("ipv4", "time_wait")] == 9 + 4  # 8080's inbound 2 filtered out
     assert stats.scope == "local port 40000-40999 or 80,443"
+
+
+def test_a_state_past_the_last_tcp_state_is_not_counted() -> None:
+    """idiag_state is a u8; an IPv4 record claiming state 20 (no kernel sends one) must not
+    spill into the IPv6 counts, nor anywhere else reported."""
+    data, seq, pid = load("ipv4-other")
+    clean = SocketTally()
+    clean.add(decode_batch(memoryview(data), len(data), seq, pid)[0])
+    first_state = data[17]  # nlmsghdr (16 bytes), then idiag_family, idiag_state
+    data[17] = 20
+    tampered = SocketTally()
+    tampered.add(decode_batch(memoryview(data), len(data), seq, pid)[0])
+    before, after = clean.result(()).states, tampered.result(()).states
+    changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    name = REPORTED_STATES[first_state]
+    assert changed == {("ipv4", name): (before[("ipv4", name)], before[("ipv4", name)] - 1)}

@@ -121,18 +121,34 @@ INET_DIAG_BC_S_GE = 2
 INET_DIAG_BC_S_LE = 3
 
 
+# The program travels in one netlink attribute, whose u16 nla_len counts its 4-byte header;
+# its jump offsets are u16 as well.
+MAX_PROGRAM = 0xFFFF - 4
+
+
 def port_filter_bytecode(low: int, high: int, ports: tuple[int, ...]) -> bytes:
-    """A program accepting sockets whose local port is in [low, high] or in `ports`.
+    """A program accepting sockets whose local port is in [low, high] or in `ports`, or b""
+    (no filter: the caller filters) when it would not fit in MAX_PROGRAM bytes.
 
     Laid out as `ss` compiles an OR chain (misc/ss.c, ssfilter_bytecompile): each test
     falls through on success into a JMP to the end (accept), and jumps to the next test
     on failure; the last test's failure jumps to end + 4 (reject). "yes" always steps to
     the next op, as inet_diag_bc_audit (net/ipv4/inet_diag.c) walks that chain. A port
-    test is S_GE then S_LE (S_EQ needs 4.16+), each op followed by a word holding the port.
+    test is S_GE then S_LE (S_EQ needs 4.16+), each op followed by a word holding the port;
+    consecutive ports share one test.
     """
-    tests = [(low, high), *((p, p) for p in sorted(set(ports)) if not low <= p <= high)]
+    tests = [(low, high)]
+    for port in sorted(set(ports)):
+        if low <= port <= high:
+            continue
+        if len(tests) > 1 and port == tests[-1][1] + 1:
+            tests[-1] = (tests[-1][0], port)
+        else:
+            tests.append((port, port))
     block = 8 + 8 + 4  # S_GE + port, S_LE + port, JMP
     total = block * len(tests) - 4  # the last test needs no JMP: falling through accepts
+    if total > MAX_PROGRAM:
+        return b""
     program = b""
     for index, (first, last) in enumerate(tests):
         here = index * block
@@ -255,7 +271,9 @@ def decode_batch(
         else:
             raise DiagProtocolError(f"unexpected netlink message type {kind} in sock_diag dump")
         data = offsets[:first]
-        flags = flags[:first]
+        # The kernel flags NLMSG_DONE itself when the dump was inconsistent
+        # (nl_dump_check_consistent in netlink_dump): it may be the only one flagged.
+        flags = flags[: first + 1]
     if data.size and int(header[: data.size, 0].min()) < MIN_RECORD:
         raise DiagProtocolError(f"inet_diag record shorter than {MIN_RECORD} bytes")
     interrupted = bool(np.any(flags & NLM_F_DUMP_INTR))
@@ -279,5 +297,5 @@ def decode_batch(
 def _strerror(errno_value: int) -> str:
     try:
         return os.strerror(errno_value)
-    except ValueError:
+    except (ValueError, OverflowError):  # -INT_MIN does not fit a C int
         return "unknown error"

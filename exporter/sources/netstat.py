@@ -37,10 +37,16 @@ def parse_netstat(text: str, group: str = "TcpExt") -> dict[str, int]:
         raise SourceError(f"{group} header repeats a counter name")
     counters: dict[str, int] = {}
     for name, value in zip(names, values, strict=True):
-        if not value.isdigit():
+        if not is_counter(value):
             raise SourceError(f"{group} counter {name} is not a number: {value[:32]!r}")
         counters[name] = int(value)
     return counters
+
+
+def is_counter(word: str) -> bool:
+    """A kernel u64 counter as seq_file prints it: at most 20 ASCII digits. (str.isdigit
+    alone takes "²", which int() rejects, and int() refuses over 4300 digits.)"""
+    return len(word) <= 20 and word.isascii() and word.isdigit()
 
 
 def select_fields(counters: dict[str, int], pattern: re.Pattern[str]) -> dict[str, int]:

@@ -17,8 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exporter.sources import SourceError, read_text
+from exporter.sources.netstat import is_counter
 
 CACHES = ("tw_sock_TCP", "tw_sock_TCPv6", "tcp_bind_bucket", "tcp_bind2_bucket")
+# The sysfs files of one cache that read_sysfs_cache reads.
+SYSFS_FILES = ("slabs", "order", "total_objects", "objects", "slab_size")
+MAX_ORDER = 63  # a slab's page order (MAX_PAGE_ORDER is 10 or so); bounds page_size << order
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +48,8 @@ def parse_slabinfo(text: str, page_size: int) -> dict[str, SlabCache]:
         # name active num objsize objperslab pagesperslab : tunables l b s : slabdata a n s
         if len(words) != 16 or words[6] != ":" or words[11] != ":":
             raise SourceError(f"malformed slabinfo line: {line[:80]!r}")
-        numbers = [words[i] for i in (1, 2, 3, 5, 13)]
-        if not all(n.isdigit() for n in numbers):
+        numbers = [words[i] for i in (1, 2, 3, 5, 14)]  # 14: num_slabs, every slab held
+        if not all(is_counter(n) for n in numbers):
             raise SourceError(f"non-numeric slabinfo line: {line[:80]!r}")
         active, total, size, pages_per_slab, slabs = (int(n) for n in numbers)
         caches[words[0]] = SlabCache(
@@ -60,11 +64,36 @@ def parse_slabinfo(text: str, page_size: int) -> dict[str, SlabCache]:
     return caches
 
 
-def _first_number(path: Path) -> int:
-    text = read_text(path).split()
-    if not text or not text[0].isdigit():
-        raise SourceError(f"{path} does not start with a number")
-    return int(text[0])
+def parse_first_number(text: str, where: object) -> int:
+    words = text.split()
+    if not words or not is_counter(words[0]):
+        raise SourceError(f"{where} does not start with a number")
+    return int(words[0])
+
+
+def sysfs_cache(
+    name: str,
+    texts: dict[str, str],
+    page_size: int,
+    merged: bool = False,
+    shared_cache: str = "",
+    where: object = None,
+) -> SlabCache:
+    """One cache's figures from the text of its SYSFS_FILES (file name → contents);
+    `where` (its directory) names it in errors."""
+    where = where or name
+    number = {key: parse_first_number(texts[key], f"{where}/{key}") for key in SYSFS_FILES}
+    if number["order"] > MAX_ORDER:
+        raise SourceError(f"{where}/order {number['order']} is not a page order")
+    return SlabCache(
+        name=name,
+        objects=number["total_objects"],
+        active_objects=number["objects"],
+        object_size=number["slab_size"],
+        memory_bytes=number["slabs"] * (page_size << number["order"]),
+        merged=merged,
+        shared_cache=shared_cache,
+    )
 
 
 def read_sysfs_cache(sys_slab: Path, name: str, page_size: int) -> SlabCache | None:
@@ -74,17 +103,8 @@ def read_sysfs_cache(sys_slab: Path, name: str, page_size: int) -> SlabCache | N
         return None
     merged = entry.is_symlink()
     shared = os.path.basename(os.readlink(entry)) if merged else ""
-    slabs = _first_number(entry / "slabs")
-    order = _first_number(entry / "order")
-    return SlabCache(
-        name=name,
-        objects=_first_number(entry / "total_objects"),
-        active_objects=_first_number(entry / "objects"),
-        object_size=_first_number(entry / "slab_size"),
-        memory_bytes=slabs * (page_size << order),
-        merged=merged,
-        shared_cache=shared,
-    )
+    texts = {key: read_text(entry / key) for key in SYSFS_FILES}
+    return sysfs_cache(name, texts, page_size, merged, shared, entry)
 
 
 def read_slab(procfs: Path, sysfs: Path, page_size: int) -> list[SlabCache]:

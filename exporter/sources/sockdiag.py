@@ -76,14 +76,23 @@ class DiagSocket:
     calling thread decodes the previous one.
     """
 
-    def __init__(self, rcvbuf: int = RCVBUF_BYTES, sock: socket.socket | None = None) -> None:
+    def __init__(
+        self,
+        rcvbuf: int = RCVBUF_BYTES,
+        sock: socket.socket | None = None,
+        recv_timeout: float = RECV_TIMEOUT,
+    ) -> None:
         # `sock` replaces the netlink socket (tests replay recorded bytes through it).
         self.sock = sock or socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
+        self.recv_timeout = recv_timeout
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            # A safety net only: a dump never pauses for this long between skbs.
+            # A dump never pauses this long between skbs: a recvmsg() still waiting after
+            # it fails with EAGAIN, and the source fails instead of the poll hanging.
+            seconds = int(recv_timeout)
+            micros = int((recv_timeout - seconds) * 1e6)
             self.sock.setsockopt(
-                socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", RECV_TIMEOUT, 0)
+                socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", seconds, micros)
             )
             self.sock.bind((0, 0))
             self.pid: int = self.sock.getsockname()[0]
@@ -134,7 +143,7 @@ class DiagSocket:
                 with memoryview(first) as view:
                     filled += self._recv_chunk(view, filled)
             except OSError as exc:
-                raise _receive_error(exc) from exc
+                raise _receive_error(exc, self.recv_timeout) from exc
             if not _ends_dump(first, start, filled, seq, self.pid):
                 continue
             with memoryview(first) as view:
@@ -185,7 +194,7 @@ class DiagSocket:
             verdicts.put(True)
             # On an error the receiver may sit in recvmsg() until SO_RCVTIMEO; the caller
             # then drops this socket (its stream is out of step) and opens a new one.
-            receiver.join(RECV_TIMEOUT + 1)
+            receiver.join(self.recv_timeout + 1)
         if interrupted:
             raise DumpInterrupted("sock_diag dump was interrupted")
 
@@ -226,14 +235,16 @@ class DiagSocket:
                 if maybe_end and verdicts.get():
                     return
         except OSError as exc:
-            ready.put(_receive_error(exc))
+            ready.put(_receive_error(exc, self.recv_timeout))
         except BaseException as exc:
             ready.put(exc)
 
 
-def _receive_error(exc: OSError) -> Exception:
+def _receive_error(exc: OSError, timeout: float) -> Exception:
     if exc.errno == errno.ENOBUFS:  # the kernel dropped replies: redo the dump
         return DumpInterrupted(f"sock_diag receive buffer overrun: {exc}")
+    if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):  # SO_RCVTIMEO passed
+        return DiagProtocolError(f"no sock_diag reply within {timeout:g} s (recv timed out)")
     return exc
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exporter.sources import NetnsFiles, SourceError, read_text
+from exporter.sources.netstat import is_counter
 
 TCP_FIELDS = ("inuse", "orphan", "tw", "alloc", "mem")
 HOST_FIELDS = ("orphan", "alloc", "mem")
@@ -43,7 +44,7 @@ def parse_sockstat(text: str) -> dict[str, int]:
             raise SourceError(f"odd number of words in sockstat TCP line: {line[:80]!r}")
         fields: dict[str, int] = {}
         for key, value in zip(words[::2], words[1::2], strict=True):
-            if not value.isdigit():
+            if not is_counter(value):
                 raise SourceError(f"sockstat TCP {key} is not a number: {value[:32]!r}")
             fields[key] = int(value)
         missing = [name for name in ("inuse", "tw") if name not in fields]

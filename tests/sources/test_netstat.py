@@ -4,6 +4,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from exporter.context import NetnsContext
 from exporter.sources import SourceError
@@ -15,6 +17,7 @@ from exporter.sources.netstat import (
     snake_case,
 )
 from tests.conftest import FIXTURES, TREES
+from tests.fuzzing import FUZZ, mutated, parses_or_rejects
 from tests.kernel import Netns
 
 DEFAULT = re.compile(DEFAULT_FIELDS)
@@ -125,3 +128,60 @@ def test_every_recorded_counter_gets_a_unique_valid_name() -> None:
     assert len(set(names)) == len(names)
     assert all(re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)*", n) for n in names)
     assert snake_case("DelayedACKs") == "delayed_acks"
+
+
+# -- property tests (hypothesis); fuzz/targets.py runs the same parser under atheris ------
+
+RECORDED = [
+    (TREES / "linux-6.18/proc/net/netstat").read_bytes(),
+    (TREES / "linux-4.9/proc/net/netstat").read_bytes(),
+]
+_NAMES = st.lists(st.from_regex(r"[A-Za-z][A-Za-z0-9]{0,24}", fullmatch=True), unique=True)
+
+
+@st.composite
+def netstat_files(draw: st.DrawFn) -> tuple[str, dict[str, int]]:
+    """A netstat file with a TcpExt group of generated counters among other groups."""
+    counters = {name: draw(st.integers(0, 2**64 - 1)) for name in draw(_NAMES.filter(bool))}
+    groups = [("TcpExt", counters)]
+    for group in draw(st.lists(st.sampled_from(["IpExt", "MPTcpExt", "Tcp"]), unique=True)):
+        groups.insert(draw(st.integers(0, len(groups))), (group, {"InX": 1, "OutY": 2}))
+    lines = []
+    for group, fields in groups:
+        lines.append(" ".join([f"{group}:", *fields]))
+        lines.append(" ".join([f"{group}:", *map(str, fields.values())]))
+    return "\n".join(lines) + "\n", counters
+
+
+@FUZZ
+@given(netstat_files())
+def test_generated_file_parses_to_exactly_its_counters(doc: tuple[str, dict[str, int]]) -> None:
+    text, counters = doc
+    parsed = parse_netstat(text)
+    assert parsed == counters and list(parsed) == list(counters)
+    for name in parsed:
+        snake_case(name)
+
+
+@FUZZ
+@given(mutated(st.sampled_from(RECORDED) | netstat_files().map(lambda d: d[0].encode())))
+def test_mutated_file_parses_or_raises_source_error(data: bytes) -> None:
+    for counters in parses_or_rejects(parse_netstat, data):
+        assert all(type(v) is int and 0 <= v < 10**20 for v in counters.values())
+        for name in counters:
+            snake_case(name)
+
+
+@FUZZ
+@given(st.text() | st.binary().map(lambda b: b.decode("latin-1")))
+def test_any_text_parses_or_raises_source_error(text: str) -> None:
+    parses_or_rejects(parse_netstat, text.encode("utf-8", "surrogateescape"))
+    parses_or_rejects(parse_netstat, f"TcpExt: A B\nTcpExt: 1 {text}\n".encode())
+
+
+@pytest.mark.parametrize("value", ["²", "٣", "9" * 4400, "1" * 21])
+def test_value_int_cannot_read_is_a_source_error(value: str) -> None:
+    """Found by fuzzing: str.isdigit() accepts "²" and digit strings past int()'s 4300-digit
+    limit, and int() then raised ValueError."""
+    with pytest.raises(SourceError, match="not a number"):
+        parse_netstat(f"TcpExt: TW TWKilled\nTcpExt: 1 {value}\n")

@@ -5,10 +5,22 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from exporter.sources import PAGE_SIZE, SourceError
-from exporter.sources.slab import CACHES, parse_slabinfo, read_slab, read_sysfs_cache
+from exporter.sources.slab import (
+    CACHES,
+    MAX_ORDER,
+    SYSFS_FILES,
+    SlabCache,
+    parse_slabinfo,
+    read_slab,
+    read_sysfs_cache,
+    sysfs_cache,
+)
 from tests.conftest import FIXTURES, TREES
+from tests.fuzzing import FUZZ, mutated, parses_or_rejects
 
 
 def by_name(root: Path) -> dict[str, object]:
@@ -89,3 +101,98 @@ def test_live_figures_equal_sys_kernel_slab() -> None:
             cache.memory_bytes,
         ), name
         assert mine.merged == (sysfs / name).is_symlink()
+
+
+# -- property tests (hypothesis); fuzz/targets.py runs the same parsers under atheris -----
+
+RECORDED = [
+    (TREES / "linux-6.18/proc/slabinfo").read_bytes(),
+    (TREES / "linux-4.9/proc/slabinfo").read_bytes(),
+]
+COUNT = st.integers(0, 2**64 - 1)
+_CACHE_NAME = st.from_regex(r"[A-Za-z_][A-Za-z0-9_:.-]{0,30}", fullmatch=True)
+
+
+@st.composite
+def slabinfo_files(draw: st.DrawFn) -> tuple[str, dict[str, SlabCache], int]:
+    page = draw(st.sampled_from([4096, 16384, 65536]))
+    lines = ["slabinfo - version: 2.1", "# name <active_objs> <num_objs> ..."]
+    caches = {}
+    for name in draw(st.lists(_CACHE_NAME, unique=True, max_size=8)):
+        active, total, size, per_slab, pages, slabs = (draw(COUNT) for _ in range(6))
+        lines.append(
+            f"{name:<20} {active} {total} {size} {per_slab} {pages} : tunables 0 0 0"
+            f" : slabdata {draw(COUNT)} {slabs} 0"
+        )
+        caches[name] = SlabCache(name, total, active, size, slabs * pages * page, False, "")
+    return "\n".join(lines) + "\n", caches, page
+
+
+@FUZZ
+@given(slabinfo_files())
+def test_generated_slabinfo_parses_to_exactly_its_caches(
+    doc: tuple[str, dict[str, SlabCache], int],
+) -> None:
+    text, caches, page = doc
+    assert parse_slabinfo(text, page) == caches
+
+
+@FUZZ
+@given(mutated(st.sampled_from(RECORDED)) | st.binary())
+def test_mutated_slabinfo_parses_or_raises_source_error(data: bytes) -> None:
+    for caches in parses_or_rejects(lambda text: parse_slabinfo(text, 4096), data):
+        assert all(c.memory_bytes >= 0 for c in caches.values())
+
+
+@FUZZ
+@given(
+    st.fixed_dictionaries({key: COUNT for key in SYSFS_FILES}).filter(
+        lambda values: values["order"] <= MAX_ORDER
+    )
+)
+def test_generated_sysfs_cache_figures(values: dict[str, int]) -> None:
+    texts = {key: f"{value} N0={value}\n" for key, value in values.items()}
+    cache = sysfs_cache("tw_sock_TCP", texts, 4096)
+    assert (cache.objects, cache.active_objects, cache.object_size) == (
+        values["total_objects"],
+        values["objects"],
+        values["slab_size"],
+    )
+    assert cache.memory_bytes == values["slabs"] * 4096 * 2 ** values["order"]
+
+
+@FUZZ
+@given(st.lists(mutated(st.sampled_from([b"0\n", b"1 N0=1\n", b"3\n", b"256\n"])), min_size=5))
+def test_mutated_sysfs_files_give_figures_or_source_error(files: list[bytes]) -> None:
+    texts = {
+        k: v.decode("utf-8", "surrogateescape") for k, v in zip(SYSFS_FILES, files[:5], strict=True)
+    }
+    try:
+        cache = sysfs_cache("tw_sock_TCP", texts, 4096)
+    except SourceError:
+        return
+    assert cache.memory_bytes >= 0
+
+
+@pytest.mark.parametrize("order", ["64", "99999999999999999999", "9" * 4400, "²"])
+def test_sysfs_order_that_is_no_page_order_is_a_source_error(order: str) -> None:
+    """Found by fuzzing: `page_size << order` with order 10**20 from a corrupt sysfs file
+    never returned (an unbounded allocation); "²" and 4400 digits raised ValueError."""
+    texts = {key: "1\n" for key in SYSFS_FILES} | {"order": order + "\n"}
+    with pytest.raises(SourceError, match="order"):
+        sysfs_cache("tw_sock_TCP", texts, 4096)
+
+
+@pytest.mark.parametrize("value", ["²", "9" * 4400])
+def test_slabinfo_number_int_cannot_read_is_a_source_error(value: str) -> None:
+    line = f"tw_sock_TCP {value} 1 256 16 1 : tunables 0 0 0 : slabdata 1 1 0"
+    with pytest.raises(SourceError, match="non-numeric"):
+        parse_slabinfo(f"slabinfo - version: 2.1\n{line}\n", 4096)
+
+
+def test_memory_counts_every_slab_not_only_active_ones() -> None:
+    """Found by the generated-slabinfo property: memory came from active_slabs, but the
+    cache holds num_slabs slabs (they differ under SLAB; SLUB prints the same number)."""
+    line = "tw_sock_TCP 10 30 256 15 1 : tunables 0 0 0 : slabdata 1 2 0"
+    cache = parse_slabinfo(f"slabinfo - version: 2.1\n{line}\n", 4096)["tw_sock_TCP"]
+    assert cache.memory_bytes == 2 * 4096

@@ -307,3 +307,19 @@ def test_no_tcp_socket_skips_the_dump() -> None:
     context = FakeContext([refuse], {"sockstat": "TCP: inuse 0 orphan 0 tw 0 alloc 0 mem 0\n"})
     stats = read_sockdiag(poll_of(context))
     assert not stats.dumped and set(stats.states.values()) == {0}
+
+
+def test_a_kernel_that_never_answers_times_out_as_a_protocol_error(kernel: None) -> None:
+    """A real sock_diag socket waiting for replies to a request it never sent (as if the
+    kernel hung): recvmsg() ends at SO_RCVTIMEO and the dump fails with a clear error
+    instead of blocking the poll."""
+    import time
+
+    diag = DiagSocket(recv_timeout=0.3)
+    try:
+        started = time.monotonic()
+        with pytest.raises(DiagProtocolError, match=r"no sock_diag reply within 0.3 s"):
+            diag.receive(12345, SocketTally(), new_buffers())
+        assert 0.25 <= time.monotonic() - started < 2
+    finally:
+        diag.close()

@@ -1,14 +1,24 @@
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from exporter.context import NetnsContext
 from exporter.sources import SourceError
-from exporter.sources.sysctl import Sysctls, parse_port_list, read_sysctls
+from exporter.sources.sysctl import (
+    Sysctls,
+    parse_int,
+    parse_port_list,
+    parse_port_range,
+    read_sysctls,
+)
 from tests.conftest import FIXTURES, TREES
+from tests.fuzzing import FUZZ, mutated, parses_or_rejects
 from tests.kernel import Netns
 
 
@@ -86,3 +96,53 @@ def test_namespace_values_set_by_the_test(netns: Netns) -> None:
     assert data.reserved_count() == 11
     host = read_tree(Path("/"))
     assert host.port_range != (40000, 40999)  # per-namespace, not the host's
+
+
+# -- property tests (hypothesis); fuzz/targets.py runs the same parsers under atheris -----
+
+RECORDED = [
+    path.read_bytes()
+    for path in sorted(TREES.glob("*/proc/sys/net/ipv4/*"))
+    + sorted((FIXTURES / "corrupt").glob("ip_local_*"))
+]
+_RANGE = st.tuples(st.integers(0, 65535), st.integers(0, 65535)).map(sorted).map(tuple)
+
+
+@FUZZ
+@given(st.lists(_RANGE, max_size=20), st.booleans())
+def test_port_list_covers_exactly_the_listed_ports(
+    ranges: list[tuple[int, int]], newline: bool
+) -> None:
+    text = ",".join(f"{a}-{b}" if a != b else str(a) for a, b in ranges) + "\n" * newline
+    parsed = parse_port_list(text)
+    covered = {p for a, b in parsed for p in range(a, b + 1)}
+    assert covered == {p for a, b in ranges for p in range(a, b + 1)}
+    assert all(b[0] > a[1] + 1 for a, b in itertools.pairwise(parsed))  # sorted, merged
+
+
+@FUZZ
+@given(st.integers(1, 65535), st.integers(1, 65535), st.sampled_from([" ", "\t", "  "]))
+def test_port_range_round_trip(low: int, high: int, sep: str) -> None:
+    low, high = sorted((low, high))
+    assert parse_port_range(f"{low}{sep}{high}\n") == (low, high)
+
+
+@FUZZ
+@given(st.integers(-(2**63), 2**63 - 1))
+def test_integer_round_trip(value: int) -> None:
+    assert parse_int("tcp_max_tw_buckets", f"{value}\n") == value
+
+
+@FUZZ
+@given(mutated(st.sampled_from(RECORDED)) | st.binary())
+def test_mutated_values_parse_or_raise_source_error(data: bytes) -> None:
+    parses_or_rejects(lambda text: parse_int("tcp_tw_reuse", text), data)
+    parses_or_rejects(parse_port_range, data)
+    for ranges in parses_or_rejects(parse_port_list, data):
+        assert all(0 <= a <= b <= 65535 for a, b in ranges)
+
+
+@pytest.mark.parametrize("text", ["9" * 4400, "1-" + "9" * 4400, "²", "-", ",", "1--2"])
+def test_port_list_garbage_is_a_source_error(text: str) -> None:
+    with pytest.raises(SourceError):
+        parse_port_list(text)
