@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NODE_EXPORTER = "prometheus-node-exporter"
 # benchmarks/node.py writes its section of the report between these markers.
 NODE_BEGIN, NODE_END = "<!-- NODE_BEGIN -->", "<!-- NODE_END -->"
+# ... and benchmarks/http_load.py and soak.py theirs between these.
+HTTP_BEGIN, HTTP_END = "<!-- HTTP_BEGIN -->", "<!-- HTTP_END -->"
 LABELS = {
     "exporter": "timewait-exporter full poll",
     "floor": "kernel dump, received and discarded (floor)",
@@ -390,11 +392,12 @@ def main() -> None:
         print(text, flush=True)
         report += ["### Idle cost", "", text, ""]
     if args.markdown:
-        # Keep the many-namespaces section that benchmarks/node.py writes into the file.
+        # Keep the sections other benchmarks write into the file (many namespaces, HTTP).
         old = args.markdown.read_text() if args.markdown.exists() else ""
-        if NODE_BEGIN in old and NODE_END in old:
-            kept = old.split(NODE_BEGIN, 1)[1].split(NODE_END, 1)[0]
-            report += ["", NODE_BEGIN + kept + NODE_END, ""]
+        for begin, end in ((NODE_BEGIN, NODE_END), (HTTP_BEGIN, HTTP_END)):
+            if begin in old and end in old:
+                kept = old.split(begin, 1)[1].split(end, 1)[0]
+                report += ["", begin + kept + end, ""]
         args.markdown.write_text("\n".join(report))
 
 

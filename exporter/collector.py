@@ -58,6 +58,12 @@ class SnapshotCollector(Collector):
 
 def render(snapshot: Snapshot, config: Config) -> Iterator[Metric]:
     yield from _self_metrics(snapshot)
+    yield GaugeMetricFamily(
+        "tcptw_poll_interval_seconds",
+        "--poll.interval: seconds between polls. The exporter is stale (/readyz fails) once "
+        "time() - tcptw_last_poll_timestamp_seconds exceeds 3 of them",
+        value=config.poll_interval,
+    )
     yield from _namespaces(snapshot)
     for source in NETNS_SOURCES:
         yield from source.metrics(snapshot, config)
@@ -92,7 +98,7 @@ def _self_metrics(snapshot: Snapshot) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "tcptw_last_poll_timestamp_seconds",
         "Unix time at which the last complete poll started; a value that stops moving "
-        "means polls hang",
+        "means polls hang (the staleness signal: compare with tcptw_poll_interval_seconds)",
         value=snapshot.started_at,
     )
     yield CounterMetricFamily(

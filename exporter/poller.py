@@ -271,6 +271,12 @@ class Poller:
                 tracked = self._tracked[key] = Tracked(key=key, own=key == own)
             tracked.found = namespace
             tracked.identity = identities[key]
+        # Forget the source states of namespaces no longer polled (a label that comes back
+        # is a new namespace: its first failure is news again).
+        labels = {t.label for t in self._tracked.values()} | {HOST}
+        with self._state_lock:
+            for state_key in [k for k in self._last_state if k[0] not in labels]:
+                del self._last_state[state_key]
 
     def _identify(
         self, wanted: dict[int | None, FoundNamespace | None], own: int | None

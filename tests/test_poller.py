@@ -121,6 +121,8 @@ def test_deleted_namespace_vanishes_and_new_one_appears(kernel: None) -> None:
                 f'tcptw_sockets{{family="ipv4",netns="{second.name}",state="listen"}} 1.0' in text
             )
             assert open_fds() == held  # one namespace's descriptors released, one's opened
+            # nor is any per-namespace state kept for it (a soak creates thousands)
+            assert first.name not in {netns for netns, _ in poller._last_state}
         assert [e for e in logs if e["log_level"] in ("error", "warning")] == []
     finally:
         poller.close()

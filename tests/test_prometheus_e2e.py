@@ -1,117 +1,307 @@
-"""The real Prometheus server scrapes the real daemon in a namespace whose outbound bucket
-is exhausted; our alert rules (deploy/prometheus/alerts.yml) must go pending on that data.
-(Their `for:` durations are minutes; promtool unit tests cover the firing transitions.)"""
+"""The real Prometheus server (Debian's) scrapes the real daemon every second inside a
+namespace built for the test, with the rules the mixin generates (their `for:` shortened
+by the test's own MixinConfig), while a client really exhausts a destination's ports:
+
+1. a client loops connect() toward one destination until EADDRNOTAVAIL, and goes on
+   failing: the exhaustion alert must reach *firing* while connects fail, naming the
+   destination; then every panel and variable query of every dashboard must return data
+   (a few are listed with the reason they legitimately return nothing here); then the
+   poll is frozen in a blocking read and the stale alert must fire;
+2. clients that bind() before connect(): the same alert must fire.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from mixin import dashboards
+from mixin.config import Durations, MixinConfig
+from mixin.generate import generate
 from tests.kernel import Netns
-from tests.test_capacity import exhaust, exhaustion_namespace
+from tests.serving import free_port
+from tests.test_daemon import hang_slab_reads
 
 ROOT = Path(__file__).resolve().parent.parent
+EXHAUSTION = "TcpEphemeralPortExhaustion"
+STALE = "TimewaitExporterStale"
+FAST = MixinConfig(
+    smoothing_window="30s",
+    durations=Durations(
+        exhaustion="5s",
+        exhaustion_keep_firing="1m",
+        predicted="5s",
+        timewait="5s",
+        exporter_down="5s",
+        source_failing="5s",
+        stale="2s",
+        overrun="5s",
+    ),
+)
+# Queries that legitimately return nothing on this kernel and setup, with the reason.
+EMPTY_HERE = {
+    "paws_passive": "TcpExt PAWSPassive is absent since Linux 4.12",
+    "tw_recycle": "net.ipv4.tcp_tw_recycle is absent since Linux 4.12",
+    ", k8s_pod_name)": "the pod variable: no pods outside Kubernetes, every pod label is empty",
+    ", cluster)": "the cluster variable: a single Prometheus adds no cluster label",
+}
 
 
-def query(netns: Netns, port: int, expr: str) -> list[dict[str, object]]:
-    code = (
-        "import json, sys, urllib.parse, urllib.request\n"
-        f"url = 'http://127.0.0.1:{port}/api/v1/query?' + "
-        "urllib.parse.urlencode({'query': sys.argv[1]})\n"
-        "print(urllib.request.urlopen(url, timeout=5).read().decode())"
-    )
-    out = netns.run(sys.executable, "-c", code, expr, check=False).stdout
-    if not out:
-        return []
-    result: list[dict[str, object]] = json.loads(out)["data"]["result"]
-    return result
+@dataclass
+class Stack:
+    netns: Netns
+    directory: Path
+    prometheus_port: int
+    exporter_port: int
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def api(self, path: str, **params: str) -> Any:
+        url = f"http://127.0.0.1:{self.prometheus_port}/api/v1/{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        with self.netns.inside(), urllib.request.urlopen(url, timeout=10) as response:
+            body = json.loads(response.read().decode())
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        data = self.api("query", query=expr)
+        result: list[dict[str, Any]] = data["result"] if data["resultType"] == "vector" else []
+        if data["resultType"] == "scalar":
+            result = [{"metric": {}, "value": data["result"]}]
+        return result
+
+    def alerts(self, name: str, state: str = "firing") -> list[dict[str, str]]:
+        return [
+            a["metric"] for a in self.query(f'ALERTS{{alertname="{name}", alertstate="{state}"}}')
+        ]
+
+    def wait_for(self, what: str, predicate: Any, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                found = predicate()
+                if found:
+                    return found
+            time.sleep(0.5)
+        raise AssertionError(f"{what} not seen within {timeout} s")
 
 
-def test_prometheus_scrapes_the_exporter_and_our_alerts_go_pending(
-    netns: Netns, tmp_path: Path
-) -> None:
+@contextlib.contextmanager
+def stack(netns: Netns, directory: Path, *daemon_args: str) -> Iterator[Stack]:
     prometheus = shutil.which("prometheus")
     if prometheus is None:
         if os.environ.get("CI") == "true":
             pytest.fail("prometheus missing (Debian package prometheus)")
         pytest.skip("prometheus missing (Debian package prometheus)")
-    listener = exhaustion_namespace(netns, "0")
-    assert exhaust(netns, listener, close_every=2) == 89
-    exporter_port, prometheus_port = 19961, 19090  # inside the test's own namespace
-    shutil.copyfile(ROOT / "deploy/prometheus/alerts.yml", tmp_path / "alerts.yml")
-    (tmp_path / "prometheus.yml").write_text(
+    s = Stack(netns, directory, free_port(), free_port())
+    rule_files = []
+    for relative, text in generate(FAST).items():
+        if relative.parent == Path("deploy/prometheus"):
+            (directory / relative.name).write_text(text)
+            rule_files.append(relative.name)
+    (directory / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "rule_files: [alerts.yml]\n"
+        f"rule_files: {json.dumps(sorted(rule_files))}\n"
         "scrape_configs:\n"
         "  - job_name: timewait-exporter\n"
-        f"    static_configs: [{{targets: ['127.0.0.1:{exporter_port}']}}]\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{s.exporter_port}']}}]\n"
     )
-    daemon = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            netns.name,
-            sys.executable,
-            "-m",
-            "exporter",
-            "serve",
-            "--netns=self",
-            "--poll.interval",
-            "1",
-            "--web.listen-address",
-            f"127.0.0.1:{exporter_port}",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    ns_exec = ["ip", "netns", "exec", netns.name]
+    s.procs.append(
+        subprocess.Popen(
+            [
+                *ns_exec,
+                sys.executable,
+                "-m",
+                "exporter",
+                "serve",
+                "--netns=self",
+                "--poll.interval=1",
+                f"--web.listen-address=127.0.0.1:{s.exporter_port}",
+                *daemon_args,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     )
-    server = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            netns.name,
-            prometheus,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{prometheus_port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    s.procs.append(
+        subprocess.Popen(
+            [
+                *ns_exec,
+                prometheus,
+                f"--config.file={directory / 'prometheus.yml'}",
+                f"--storage.tsdb.path={directory / 'data'}",
+                f"--web.listen-address=127.0.0.1:{s.prometheus_port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     )
     try:
-        pending: set[str] = set()
-        ratio: list[dict[str, object]] = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            ratio = query(netns, prometheus_port, "tcptw_outbound_port_utilization_max_ratio")
-            alerts = query(netns, prometheus_port, 'ALERTS{alertstate="pending"}')
-            pending = {str(a["metric"]["alertname"]) for a in alerts}  # type: ignore[index]
-            if {
-                "TcpEphemeralPortsExhaustionImminent",
-                "TcpEphemeralPortBucketNearCapacity",
-            } <= pending:
-                break
-            time.sleep(0.5)
-        assert ratio and ratio[0]["value"][1] == "1"  # type: ignore[index]
-        assert ratio[0]["metric"]["netns"] == netns.name  # type: ignore[index]
-        assert {
-            "TcpEphemeralPortsExhaustionImminent",
-            "TcpEphemeralPortsExhaustionWarning",
-            "TcpEphemeralPortBucketNearCapacity",
-        } <= pending
-        up = query(netns, prometheus_port, 'up{job="timewait-exporter"}')
-        assert up[0]["value"][1] == "1"  # type: ignore[index]
-        assert not query(netns, prometheus_port, "tcptw_source_success == 0")
+        s.wait_for("a first scrape", lambda: s.query('up{job="timewait-exporter"} == 1'), 30)
+        yield s
     finally:
-        for proc in (server, daemon):
+        for proc in s.procs:
             proc.terminate()
-            proc.wait(timeout=10)
+        for proc in s.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@dataclass
+class Client:
+    """A client looping connect() toward one destination, closing each connection it
+    makes (so its port stays in TIME-WAIT for 60 s), counting EADDRNOTAVAIL failures."""
+
+    netns: Netns
+    destination: tuple[str, int]
+    bind_first: bool = False
+    connected: int = 0
+    failed: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        with self.netns.inside():
+            while not self.stop.is_set():
+                sock = socket.socket()
+                try:
+                    if self.bind_first:
+                        sock.bind(("127.0.0.1", 0))  # takes an ephemeral port now
+                    sock.connect(self.destination)
+                    self.connected += 1
+                except OSError as exc:
+                    assert exc.errno in (errno.EADDRNOTAVAIL, errno.EADDRINUSE), exc
+                    self.failed += 1
+                    time.sleep(0.02)
+                finally:
+                    sock.close()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Client]:
+        thread = threading.Thread(target=self.run, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self.stop.set()
+            thread.join(10)
+
+
+def exhaustion_netns(netns: Netns) -> tuple[str, int]:
+    """A 100-port range, so that a loop of connects exhausts it in a fraction of a second
+    (each port then stays in the client's TIME-WAIT for 60 s), and a server that closes
+    after the client."""
+    netns.sysctl("net.ipv4.ip_local_port_range", "40000 40099")
+    netns.sysctl("net.ipv4.tcp_tw_reuse", "0")
+    listener = netns.listen("127.0.0.2", 8080, backlog=4096)
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+                conn.recv(1)  # the client closes first (TIME-WAIT is the client's) ...
+                conn.close()  # ... then the server
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    return ("127.0.0.2", 8080)
+
+
+def query_has_data(s: Stack, expr: str) -> bool:
+    match = dashboards_label_values(expr)
+    if match is not None:
+        series, label = match
+        params = {"match[]": series} if series else {}
+        return bool(s.api(f"label/{label}/values", **params))
+    return bool(s.query(expr))
+
+
+def dashboards_label_values(expr: str) -> tuple[str, str] | None:
+    """Grafana's label_values(series, label) and label_values(label) are not PromQL: the
+    HTTP API's label values endpoint answers them."""
+    text = expr.strip()
+    if not text.startswith("label_values(") or not text.endswith(")"):
+        return None
+    inner = text[len("label_values(") : -1]
+    series, _, label = inner.rpartition(",")
+    return series.strip(), label.strip()
+
+
+def test_exhaustion_fires_dashboards_have_data_and_a_hung_poll_goes_stale(
+    netns: Netns, tmp_path: Path
+) -> None:
+    destination = exhaustion_netns(netns)
+    sysfs = tmp_path / "sys"
+    (sysfs / "kernel" / "slab").mkdir(parents=True)
+    with (
+        stack(netns, tmp_path, f"--path.sysfs={sysfs}") as s,
+        Client(netns, destination).running() as client,
+    ):
+        firing = s.wait_for(
+            f"{EXHAUSTION} firing",
+            lambda: [a for a in s.alerts(EXHAUSTION) if a.get("severity") == "critical"],
+            90,
+        )
+        assert client.failed > 0  # connects were failing while it fired
+        alert = firing[0]
+        assert alert["netns"] == netns.name
+        assert (alert["remote_addr"], alert["remote_port"]) == ("127.0.0.2", "8080")
+        assert alert["local_addr"] == "127.0.0.1"
+
+        missing = []
+        values = {
+            "job": "timewait-exporter",
+            "instance": f"127.0.0.1:{s.exporter_port}",
+            "netns": netns.name,
+        }
+        for board in (dashboards.fleet(FAST), dashboards.node(FAST)):
+            for title, expr in dashboards.queries(board):
+                concrete = dashboards.substitute(expr, values)
+                if not query_has_data(s, concrete):
+                    reason = next((r for k, r in EMPTY_HERE.items() if k in concrete), None)
+                    if reason is None:
+                        missing.append(f"{board['title']} / {title}: {concrete}")
+        assert missing == [], "queries without data:\n" + "\n".join(missing)
+
+        hang_slab_reads(sysfs)  # the next poll blocks in a read of a FIFO
+        stale = s.wait_for(f"{STALE} firing", lambda: s.alerts(STALE), 60)
+        assert stale[0]["instance"] == f"127.0.0.1:{s.exporter_port}"
+        assert s.query('up{job="timewait-exporter"} == 1')  # it still answers scrapes
+
+
+def test_exhaustion_fires_for_clients_that_bind_before_connect(
+    netns: Netns, tmp_path: Path
+) -> None:
+    destination = exhaustion_netns(netns)
+    with (
+        stack(netns, tmp_path) as s,
+        Client(netns, destination, bind_first=True).running() as client,
+    ):
+        firing = s.wait_for(
+            f"{EXHAUSTION} firing",
+            lambda: [a for a in s.alerts(EXHAUSTION) if a.get("severity") == "critical"],
+            90,
+        )
+        assert client.failed > 0
+        assert firing[0]["netns"] == netns.name

@@ -1,0 +1,157 @@
+"""Recording rules: the per-bucket and per-namespace ratios the alerts and the fleet
+dashboard read, with the pod labels of tcptw_netns_info joined on, and the exporter's poll
+age.
+
+The names below are imported by the alerts and the dashboards: change one and both follow.
+Every rule selects job="<job>" (mixin.promql.rule_matchers) and keeps the cluster label
+(MixinConfig.cluster_label) in its aggregations, so one Prometheus holding several clusters
+keeps them apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mixin.config import MixinConfig
+from mixin.promql import rule_matchers, selector
+
+# used/capacity of each outbound bucket that has its own series (the `other` series left
+# out), 1.0 where capacity is 0; labels of tcptw_outbound_ports_used plus the pod labels.
+OUTBOUND_BUCKET_RATIO = "tcptw:outbound_port_utilization:ratio"
+# tcptw_outbound_port_utilization_max_ratio per (instance, netns), pod labels joined.
+NETNS_MAX_RATIO = "tcptw:outbound_port_utilization_max:ratio"
+# Distinct ephemeral ports bound / ports of the range less the reserved ones, per namespace.
+EPHEMERAL_IN_USE_RATIO = "tcptw:ephemeral_ports_in_use:ratio"
+# TIME-WAIT sockets per namespace and direction="inbound"|"outbound", `other` included.
+TIMEWAIT_BY_DIRECTION = "tcptw:timewait_sockets:sum"
+TW_OVERFLOW_RATE = "tcptw:tcpext_tcp_time_wait_overflow:rate5m"
+TW_RECYCLED_RATE = "tcptw:tcpext_tw_recycled:rate5m"
+# time() - tcptw_last_poll_timestamp_seconds per instance, and the same in poll intervals.
+POLL_AGE = "tcptw:poll_age:seconds"
+POLL_AGE_INTERVALS = "tcptw:poll_age:intervals"
+
+# The window of the *:rate5m rules; their names say it, so it is not configurable.
+RATE_WINDOW = "5m"
+
+NAMES = (
+    OUTBOUND_BUCKET_RATIO,
+    NETNS_MAX_RATIO,
+    EPHEMERAL_IN_USE_RATIO,
+    TIMEWAIT_BY_DIRECTION,
+    TW_OVERFLOW_RATE,
+    TW_RECYCLED_RATE,
+    POLL_AGE,
+    POLL_AGE_INTERVALS,
+)
+
+NETNS = ("instance", "job", "netns")
+BUCKET = (*NETNS, "local_addr", "remote_addr", "remote_port")
+POD_LABELS = ("k8s_namespace_name", "k8s_pod_name")
+
+
+def labels(config: MixinConfig, *names: str) -> str:
+    """`cluster, names...` (the cluster label first when configured)."""
+    return ", ".join([config.cluster_label, *names] if config.cluster_label else names)
+
+
+def by(config: MixinConfig, *names: str) -> str:
+    return f"by ({labels(config, *names)})"
+
+
+def on(config: MixinConfig, *names: str) -> str:
+    return f"on ({labels(config, *names)})"
+
+
+def sel(config: MixinConfig, metric: str, *extra: str) -> str:
+    """metric{job="<job>", extra...}."""
+    return selector(metric, rule_matchers(config), *extra)
+
+
+def with_pod(config: MixinConfig, expr: str) -> str:
+    """expr (one series per namespace at most) with tcptw_netns_info's pod labels joined."""
+    info = sel(config, "tcptw_netns_info")
+    return (
+        f"{expr}\n"
+        f"* {on(config, 'instance', 'netns')} group_left ({', '.join(POD_LABELS)})\n"
+        f"  max {by(config, 'instance', 'netns', *POD_LABELS)} ({info})"
+    )
+
+
+def ratio(
+    config: MixinConfig, numerator: str, denominator: str, keep: tuple[str, ...], *extra: str
+) -> str:
+    """sum(numerator) / sum(denominator) by `keep`, and 1 where the denominator is 0 (no
+    port left at all: the next connect() or bind(0) fails, as the exporter's max ratio says)."""
+    num = f"sum {by(config, *keep)} ({sel(config, numerator, *extra)})"
+    den = f"sum {by(config, *keep)} ({sel(config, denominator, *extra)})"
+    return f"(\n  {num}\n  / ({den} > 0)\n  or ({den} == 0) * 0 + 1\n)"
+
+
+def groups(config: MixinConfig) -> list[dict[str, Any]]:
+    other = 'remote_addr!="other"'
+    rate = f"[{RATE_WINDOW}]"
+    rules: list[dict[str, Any]] = [
+        {
+            "record": OUTBOUND_BUCKET_RATIO,
+            "expr": with_pod(
+                config,
+                ratio(
+                    config,
+                    "tcptw_outbound_ports_used",
+                    "tcptw_outbound_ports_capacity",
+                    BUCKET,
+                    other,
+                ),
+            ),
+        },
+        {
+            "record": NETNS_MAX_RATIO,
+            "expr": with_pod(
+                config,
+                f"max {by(config, *NETNS)} "
+                f"({sel(config, 'tcptw_outbound_port_utilization_max_ratio')})",
+            ),
+        },
+        {
+            "record": EPHEMERAL_IN_USE_RATIO,
+            "expr": with_pod(
+                config,
+                ratio(
+                    config, "tcptw_ephemeral_ports_in_use", "tcptw_ephemeral_ports_available", NETNS
+                ),
+            ),
+        },
+        {
+            "record": TIMEWAIT_BY_DIRECTION,
+            "expr": "\nor\n".join(
+                f"label_replace(\n  sum {by(config, *NETNS)} "
+                f"({sel(config, f'tcptw_{direction}_timewait_sockets')}),\n"
+                f'  "direction", "{direction}", "", ""\n)'
+                for direction in ("inbound", "outbound")
+            ),
+        },
+        {
+            "record": TW_OVERFLOW_RATE,
+            "expr": f"sum {by(config, *NETNS)} "
+            f"(rate({sel(config, 'tcptw_tcpext_tcp_time_wait_overflow_total')}{rate}))",
+        },
+        {
+            "record": TW_RECYCLED_RATE,
+            "expr": f"sum {by(config, *NETNS)} "
+            f"(rate({sel(config, 'tcptw_tcpext_tw_recycled_total')}{rate}))",
+        },
+        {
+            "record": POLL_AGE,
+            "expr": f"time() - max {by(config, 'instance', 'job')} "
+            f"({sel(config, 'tcptw_last_poll_timestamp_seconds')})",
+        },
+        {
+            # Same group, so evaluated right after POLL_AGE, in the same evaluation.
+            "record": POLL_AGE_INTERVALS,
+            "expr": f"{sel(config, POLL_AGE)}\n"
+            f"/ {on(config, 'instance', 'job')}\n"
+            f"  max {by(config, 'instance', 'job')} "
+            f"({sel(config, 'tcptw_poll_interval_seconds')})",
+        },
+    ]
+    return [{"name": "timewait-exporter.recording", "rules": rules}]
