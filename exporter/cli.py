@@ -1,10 +1,11 @@
 """Command line: `timewait-exporter [serve]` runs the daemon, `timewait-exporter dump` prints
-one poll's exposition."""
+one poll's exposition, `timewait-exporter report` a diagnosis from two polls."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -35,9 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "command",
         nargs="?",
-        choices=("serve", "dump"),
+        choices=("serve", "dump", "report"),
         default="serve",
-        help="serve (default): run the daemon; dump: one poll, exposition on stdout",
+        help="serve (default): run the daemon; dump: one poll, exposition on stdout; "
+        "report: two polls --window apart, a diagnosis with findings and remedies",
     )
     web = parser.add_argument_group("web")
     web.add_argument(
@@ -115,8 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--path.pod-logs",
         dest="pod_logs",
         default=None,
-        help="kubelet's pod log directory, for pod names (default /var/log/pods, "
-        "where it exists)",
+        help="kubelet's pod log directory, for pod names (default /var/log/pods, where it exists)",
     )
     paths.add_argument(
         "--netns.name",
@@ -174,6 +175,28 @@ def build_parser() -> argparse.ArgumentParser:
         dest="inbound_ports",
         default="",
         help="comma-separated local ports to keep inbound buckets for (default: all)",
+    )
+    report = parser.add_argument_group("report")
+    report.add_argument(
+        "--window",
+        dest="window",
+        default="5s",
+        help="report: time between its two polls, e.g. 5s, 500ms, 0.2 (default 5s)",
+    )
+    report.add_argument(
+        "--format",
+        dest="format",
+        default="text",
+        choices=("text", "json"),
+        help="report: text for a terminal, json (docs/report.schema.json) for programs",
+    )
+    report.add_argument(
+        "--fail-on",
+        dest="fail_on",
+        type=float,
+        default=None,
+        metavar="RATIO",
+        help="report: exit 3 when any outbound bucket's used/capacity reaches RATIO",
     )
     logs = parser.add_argument_group("logging")
     logs.add_argument("--log.level", dest="log_level", default="info", choices=log.LEVELS)
@@ -255,6 +278,36 @@ def dump(config: Config) -> int:
     return 0 if any(result.ok for result in snapshot.results) else 1
 
 
+def parse_window(text: str) -> float:
+    """Seconds from "5s", "500ms", "2m" or a bare number of seconds."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m)?\s*", text)
+    if match is None:
+        raise ValueError(f"--window takes a duration such as 5s, 500ms or 0.2, got {text!r}")
+    value = float(match.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[match.group(2) or "s"]
+    if not 0 <= value <= 3600:
+        raise ValueError("--window must be between 0 and 1h")
+    return value
+
+
+def report(config: Config, window: float, fmt: str, fail_on: float | None) -> int:
+    """Two polls `window` apart, the diagnosis on stdout. Exit 3 when a bucket's ratio
+    reaches --fail-on, 1 when no source at all could be read, else 0."""
+    from exporter.report import engine, render_json, render_text
+
+    first, second = engine.observe(config, window)
+    result = engine.build(first, second, fail_on)
+    if fmt == "json":
+        text = render_json.render(result)
+    else:
+        colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        text = render_text.render(result, colour=colour)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    if not any(r.ok for r in second.results):
+        return 1
+    return result.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -267,10 +320,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     problem = startup_problem(config) or path_problem(args)
     if problem:
         parser.error(problem)
+    window = 0.0
+    if args.command == "report":
+        try:
+            window = parse_window(args.window)
+        except ValueError as exc:
+            parser.error(str(exc))
+        if args.fail_on is not None and not (math.isfinite(args.fail_on) and args.fail_on > 0):
+            parser.error("--fail-on takes a positive ratio, e.g. 0.8")
     log.configure(config.log_level, config.log_format)
     raise_fd_limit()  # each namespace keeps its descriptors open between polls
     if args.command == "dump":
         return dump(config)
+    if args.command == "report":
+        if config.log_level == "info":
+            log.configure("warning", config.log_format)  # the report is the output
+        return report(config, window, args.format, args.fail_on)
     from exporter import daemon
 
     try:

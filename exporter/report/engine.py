@@ -1,0 +1,183 @@
+"""Two polls `--window` apart on the poll engine of `serve` and `dump` (exporter.poller),
+and the report built from them: one Report object, which both renderers print, so text
+and JSON always show the same numbers."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from exporter.config import Config
+from exporter.poller import Poller
+from exporter.report.findings import all_findings
+from exporter.report.model import (
+    RATE_COUNTERS,
+    TIME_WAIT_SECONDS,
+    Bucket,
+    Direction,
+    Finding,
+    LocalPort,
+    NamespaceView,
+    buckets,
+    direction,
+    local_ports,
+    slab_caches,
+    states,
+    views,
+)
+from exporter.snapshot import Snapshot
+
+MILLION = 1_000_000
+REPORT_VERSION = 1
+
+
+def observe(config: Config, window: float) -> tuple[Snapshot, Snapshot]:
+    """Two polls of every selected namespace, the second `window` seconds after the
+    first one started (the counters' deltas over that time become rates)."""
+    poller = Poller(config)
+    try:
+        first = poller.poll_once()
+        pause = first.started_at + window - time.time()
+        if pause > 0:
+            time.sleep(pause)
+        second = poller.poll_once()
+    finally:
+        poller.close()
+    return first, second
+
+
+@dataclass(frozen=True, slots=True)
+class Slab:
+    cache: str
+    objects: int
+    active_objects: int
+    object_size: int
+    memory_bytes: int
+    merged: bool
+    million_bytes: int  # what a million objects of this cache would take
+
+
+@dataclass(frozen=True, slots=True)
+class PortRange:
+    min: int
+    max: int
+    reserved: int
+    available: int  # the range minus reserved ports
+    capacity: int | None  # per outbound bucket: also minus ports held by listeners
+    limit_per_second: float  # capacity (else available) / 60
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceReport:
+    netns: str
+    errors: tuple[str, ...]
+    sysctls: dict[str, float]
+    port_range: PortRange | None
+    states: dict[str, int]
+    direction: Direction | None
+    timewait: int | None  # sockstat tw
+    tcp_max_tw_buckets: int | None
+    max_ratio: float | None
+    rates: dict[str, float]  # counter → per second over the window
+    deltas: dict[str, int]
+    outbound: tuple[Bucket, ...]
+    inbound: tuple[LocalPort, ...]
+
+    @property
+    def has_sockets(self) -> bool:
+        return bool(self.states) or bool(self.timewait)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    version: int
+    generated_at: float
+    window_seconds: float
+    poll_seconds: float  # the two polls' wall time together
+    timewait_seconds: int
+    fail_on: float | None
+    exit_code: int
+    namespaces: tuple[NamespaceReport, ...]
+    slab: tuple[Slab, ...]
+    findings: tuple[Finding, ...]
+
+
+def _port_range(view: NamespaceView) -> PortRange | None:
+    if view.sysctls is None or view.sysctls.port_range is None:
+        return None
+    low, high = view.sysctls.port_range
+    policy = view.policy
+    ports = view.stats.ports if view.stats is not None else None
+    available = ports.ephemeral_available if ports is not None else None
+    if available is None and policy is not None:
+        from exporter.capacity import ephemeral_available
+
+        available = ephemeral_available(policy)
+    available = available if available is not None else high - low + 1
+    capacity = ports.capacity if ports is not None else None
+    return PortRange(
+        low,
+        high,
+        view.sysctls.reserved_count() or 0,
+        available,
+        capacity,
+        (capacity if capacity is not None else available) / TIME_WAIT_SECONDS,
+    )
+
+
+def namespace_report(view: NamespaceView) -> NamespaceReport:
+    limit = view.sysctl("tcp_max_tw_buckets")
+    rates = {c: r for c in RATE_COUNTERS if (r := view.rate(c)) is not None}
+    deltas = {c: d for c in RATE_COUNTERS if (d := view.delta(c)) is not None}
+    ports = view.stats.ports if view.stats is not None else None
+    return NamespaceReport(
+        netns=view.label,
+        errors=view.errors,
+        sysctls=dict(view.sysctls.values) if view.sysctls is not None else {},
+        port_range=_port_range(view),
+        states=states(view),
+        direction=direction(view),
+        timewait=view.sockstat.tw if view.sockstat is not None else None,
+        tcp_max_tw_buckets=int(limit) if limit is not None else None,
+        max_ratio=ports.max_ratio if ports is not None else None,
+        rates=rates,
+        deltas=deltas,
+        outbound=tuple(buckets(view)),
+        inbound=tuple(local_ports(view)),
+    )
+
+
+def exit_code(namespaces: tuple[NamespaceReport, ...], fail_on: float | None) -> int:
+    """3 when any namespace's highest bucket ratio reaches --fail-on, else 0."""
+    if fail_on is None:
+        return 0
+    hit = any(ns.max_ratio is not None and ns.max_ratio >= fail_on for ns in namespaces)
+    return 3 if hit else 0
+
+
+def build(first: Snapshot, second: Snapshot, fail_on: float | None = None) -> Report:
+    namespaces = tuple(namespace_report(v) for v in views(first, second))
+    slab = tuple(
+        Slab(
+            c.name,
+            c.objects,
+            c.active_objects,
+            c.object_size,
+            c.memory_bytes,
+            c.merged,
+            c.object_size * MILLION,
+        )
+        for c in slab_caches(second)
+    )
+    return Report(
+        version=REPORT_VERSION,
+        generated_at=second.started_at,
+        window_seconds=round(max(0.0, second.started_at - first.started_at), 3),
+        poll_seconds=round(first.duration_seconds + second.duration_seconds, 3),
+        timewait_seconds=TIME_WAIT_SECONDS,
+        fail_on=fail_on,
+        exit_code=exit_code(namespaces, fail_on),
+        namespaces=namespaces,
+        slab=slab,
+        findings=tuple(all_findings(first, second)),
+    )

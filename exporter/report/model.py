@@ -1,0 +1,319 @@
+"""What a report is made of: per-namespace views over two snapshots (the figures of the
+second, the counter deltas between them), buckets with their Little's-law rates, and
+findings. Pure: nothing here reads the kernel.
+
+Little's law: a TIME-WAIT socket lives TIME_WAIT_SECONDS (TCP_TIMEWAIT_LEN, fixed in the
+kernel, not a sysctl), so the TIME-WAIT sockets of a bucket divided by 60 is about the
+rate at which connections toward it were closed over the last minute, and the ports a
+bucket can still give out (its capacity minus its sockets that are not in TIME-WAIT)
+divided by 60 is the highest new-connection rate it can sustain when each closed
+connection holds its port for the whole 60 s.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from exporter.capacity import OutboundRow, PortPolicy
+from exporter.snapshot import HOST, Snapshot
+from exporter.socket_stats import SocketStats
+from exporter.sources.slab import SlabCache
+from exporter.sources.sockstat import SockstatCounts
+from exporter.sources.sysctl import Sysctls
+
+T = TypeVar("T")
+
+TIME_WAIT_SECONDS = 60  # TCP_TIMEWAIT_LEN (include/net/tcp.h)
+DEFAULT_PORT_RANGE = (32768, 60999)
+DEFAULT_PORTS = DEFAULT_PORT_RANGE[1] - DEFAULT_PORT_RANGE[0] + 1  # 28,232
+DEFAULT_FIN_TIMEOUT = 60
+# Counters whose rate the report shows (those the kernel has; PAWSPassive left with 4.12).
+RATE_COUNTERS = (
+    "TW",
+    "TWRecycled",
+    "TWKilled",
+    "TCPTimeWaitOverflow",
+    "PAWSActive",
+    "PAWSPassive",
+    "PAWSEstab",
+    "PAWSTimewait",
+)
+SEVERITIES = ("critical", "warning", "info")
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceView:
+    """One namespace as two polls saw it."""
+
+    label: str
+    window: float  # seconds between the two polls
+    sysctls: Sysctls | None = None
+    sockstat: SockstatCounts | None = None
+    stats: SocketStats | None = None
+    stats_before: SocketStats | None = None
+    netstat: dict[str, int] | None = None
+    netstat_before: dict[str, int] | None = None
+    errors: tuple[str, ...] = ()
+
+    def sysctl(self, name: str) -> float | None:
+        return None if self.sysctls is None else self.sysctls.values.get(name)
+
+    def delta(self, counter: str) -> int | None:
+        if self.netstat is None or self.netstat_before is None:
+            return None
+        if counter not in self.netstat or counter not in self.netstat_before:
+            return None
+        return max(0, self.netstat[counter] - self.netstat_before[counter])
+
+    def rate(self, counter: str) -> float | None:
+        delta = self.delta(counter)
+        if delta is None or self.window <= 0:
+            return None
+        return delta / self.window
+
+    @property
+    def policy(self) -> PortPolicy | None:
+        if self.sysctls is None or self.sysctls.port_range is None:
+            return None
+        return PortPolicy(
+            port_range=self.sysctls.port_range,
+            reserved=self.sysctls.reserved_ports or (),
+            tw_reuse=int(self.sysctls.values.get("tcp_tw_reuse", 0)),
+            timestamps=int(self.sysctls.values.get("tcp_timestamps", 1)),
+        )
+
+
+def _is_loopback(text: str) -> bool:
+    try:
+        return ipaddress.ip_network(text, strict=False).is_loopback
+    except ValueError:
+        return False
+
+
+def reuse_covers(policy: PortPolicy, local_addr: str, remote_addr: str) -> bool:
+    """May connect() take over this bucket's TIME-WAIT quadruplets (tcp_twsk_unique)?
+    tcp_tw_reuse 1, or 2 with a loopback end; timestamps on either way."""
+    if not policy.timestamps:
+        return False
+    if policy.tw_reuse == 1:
+        return True
+    return policy.tw_reuse == 2 and (_is_loopback(local_addr) or _is_loopback(remote_addr))
+
+
+def reuse_value_covers(policy: PortPolicy, local_addr: str, remote_addr: str) -> bool:
+    """Does the value of tcp_tw_reuse alone cover the bucket (timestamps aside)?"""
+    if policy.tw_reuse == 1:
+        return True
+    return policy.tw_reuse == 2 and (_is_loopback(local_addr) or _is_loopback(remote_addr))
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One outbound bucket (local addr, remote addr, remote port) with its rates."""
+
+    local_addr: str
+    remote_addr: str
+    remote_port: str
+    sockets: int
+    timewait: int
+    capacity: int
+    reuse_covers: bool  # TIME-WAIT quadruplets can be taken over: they are not "used"
+    used: int  # sockets, less TIME-WAIT ones when reuse covers the bucket
+    ratio: float  # used / capacity; 1.0 when capacity is 0
+    rate_now: float  # closes per second toward it: TIME-WAIT / 60
+    limit: float | None  # sustainable new connections per second; None when reuse covers
+    growth: float | None  # change of `used` per second between the two polls
+    exhaustion_seconds: float | None  # at that growth; 0 when full; None when not filling
+
+    @property
+    def destination(self) -> str:
+        host = f"[{self.remote_addr}]" if ":" in self.remote_addr else self.remote_addr
+        return f"{host}:{self.remote_port}"
+
+    def sentence(self) -> str:
+        now = f"{rate_text(self.rate_now)} conn/s now"
+        if self.limit is None:
+            return f"toward {self.destination}: {now}, no TIME-WAIT limit (tcp_tw_reuse covers it)"
+        return f"toward {self.destination}: {now}, limit {rate_text(self.limit)} conn/s"
+
+
+def rate_text(value: float) -> str:
+    """Rates as people read them: 1.7, 38.2, 470."""
+    return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def bucket(
+    row: OutboundRow, policy: PortPolicy | None, before: int | None, window: float
+) -> Bucket:
+    covers = policy is not None and reuse_covers(policy, row.local_addr, row.remote_addr)
+    used = row.sockets - row.timewait if covers else row.sockets
+    ratio = used / row.capacity if row.capacity else 1.0
+    limit = None if covers else max(0, row.capacity - (row.sockets - row.timewait)) / 60
+    growth = None
+    if before is not None and window > 0:
+        growth = (row.sockets - before) / window
+    exhaustion: float | None = None
+    if ratio >= 1.0:
+        exhaustion = 0.0
+    elif growth is not None and growth > 0 and not covers:
+        exhaustion = (row.capacity - used) / growth
+    return Bucket(
+        row.local_addr, row.remote_addr, row.remote_port, row.sockets, row.timewait,
+        row.capacity, covers, used, ratio, row.timewait / TIME_WAIT_SECONDS, limit, growth,
+        exhaustion,
+    )  # fmt: skip
+
+
+def buckets(view: NamespaceView) -> list[Bucket]:
+    """The namespace's largest outbound buckets, highest ratio first."""
+    if view.stats is None or view.stats.ports is None:
+        return []
+    before: dict[tuple[str, str, str], int] = {}
+    if view.stats_before is not None and view.stats_before.ports is not None:
+        before = {
+            (r.local_addr, r.remote_addr, r.remote_port): r.sockets
+            for r in view.stats_before.ports.outbound
+        }
+    policy = view.policy
+    rows = [
+        bucket(r, policy, before.get((r.local_addr, r.remote_addr, r.remote_port), 0), view.window)
+        for r in view.stats.ports.outbound
+    ]
+    rows.sort(key=lambda b: (-b.ratio, -b.sockets, b.destination, b.local_addr))
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    local_addr: str
+    remote_addr: str
+    sockets: int
+    timewait: int
+
+
+@dataclass(frozen=True, slots=True)
+class LocalPort:
+    """Inbound sockets of one local (listening) port, and its largest peers."""
+
+    port: str
+    sockets: int
+    timewait: int
+    peers: tuple[Peer, ...]
+
+
+def local_ports(view: NamespaceView, peers: int = 5) -> list[LocalPort]:
+    if view.stats is None or view.stats.ports is None:
+        return []
+    grouped: dict[str, list[Peer]] = {}
+    for row in view.stats.ports.inbound:
+        grouped.setdefault(row.local_port, []).append(
+            Peer(row.local_addr, row.remote_addr, row.sockets, row.timewait)
+        )
+    result = [
+        LocalPort(
+            port,
+            sum(p.sockets for p in rows),
+            sum(p.timewait for p in rows),
+            tuple(sorted(rows, key=lambda p: (-p.sockets, p.remote_addr))[:peers]),
+        )
+        for port, rows in grouped.items()
+    ]
+    result.sort(key=lambda lp: (-lp.sockets, int(lp.port) if lp.port.isdigit() else 0))
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class Direction:
+    outbound: int
+    outbound_timewait: int
+    inbound: int
+    inbound_timewait: int
+    listen: int
+
+
+def direction(view: NamespaceView) -> Direction | None:
+    if view.stats is None or view.stats.ports is None:
+        return None
+    ports = view.stats.ports
+    listen = sum(n for (_, state), n in view.stats.states.items() if state == "listen")
+    return Direction(
+        sum(r.sockets for r in ports.outbound) + ports.outbound_rest.sockets,
+        sum(r.timewait for r in ports.outbound) + ports.outbound_rest.timewait,
+        sum(r.sockets for r in ports.inbound) + ports.inbound_rest.sockets,
+        sum(r.timewait for r in ports.inbound) + ports.inbound_rest.timewait,
+        listen,
+    )
+
+
+def states(view: NamespaceView) -> dict[str, int]:
+    """Sockets per state, both families together, states with none left out."""
+    if view.stats is None:
+        return {}
+    total: dict[str, int] = {}
+    for (_, state), count in view.stats.states.items():
+        total[state] = total.get(state, 0) + count
+    return {state: count for state, count in total.items() if count}
+
+
+def _data(snapshot: Snapshot, source: str) -> dict[str, object]:
+    return {r.netns: r.data for r in snapshot.results if r.source == source and r.ok}
+
+
+def views(first: Snapshot, second: Snapshot) -> list[NamespaceView]:
+    """One view per namespace of the second poll, in label order."""
+    window = max(0.0, second.started_at - first.started_at)
+    sysctls, sockstat = _data(second, "sysctl"), _data(second, "sockstat")
+    stats, stats_before = _data(second, "sockdiag"), _data(first, "sockdiag")
+    netstat, netstat_before = _data(second, "netstat"), _data(first, "netstat")
+    errors: dict[str, list[str]] = {}
+    for r in second.results:
+        if not r.ok and r.netns != HOST:
+            errors.setdefault(r.netns, []).append(f"{r.source}: {r.error}")
+    labels = [ns.label for ns in second.namespaces] or sorted(
+        {r.netns for r in second.results if r.netns != HOST}
+    )
+    result = []
+    for label in sorted(labels):
+        result.append(
+            NamespaceView(
+                label=label,
+                window=window,
+                sysctls=_typed(sysctls.get(label), Sysctls),
+                sockstat=_typed(sockstat.get(label), SockstatCounts),
+                stats=_typed(stats.get(label), SocketStats),
+                stats_before=_typed(stats_before.get(label), SocketStats),
+                netstat=_counters(netstat.get(label)),
+                netstat_before=_counters(netstat_before.get(label)),
+                errors=tuple(errors.get(label, ())),
+            )
+        )
+    return result
+
+
+def _typed(value: object, kind: type[T]) -> T | None:
+    return value if isinstance(value, kind) else None
+
+
+def _counters(value: object) -> dict[str, int] | None:
+    if not isinstance(value, dict):
+        return None
+    return {str(k): int(v) for k, v in value.items()}
+
+
+def slab_caches(snapshot: Snapshot) -> tuple[SlabCache, ...]:
+    for r in snapshot.results:
+        if r.source == "slab" and r.netns == HOST and r.ok and isinstance(r.data, tuple):
+            return tuple(c for c in r.data if isinstance(c, SlabCache))
+    return ()
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    id: str
+    severity: str  # critical, warning, info
+    netns: str  # "" for the node as a whole
+    summary: str  # one line
+    evidence: dict[str, float | int | str] = field(default_factory=dict)
+    remedy: str = ""

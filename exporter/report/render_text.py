@@ -1,0 +1,222 @@
+"""The report for a terminal: aligned tables no wider than 100 columns, colour only when
+the output is a terminal (and NO_COLOR is not set)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from exporter.report.engine import NamespaceReport, Report
+from exporter.report.model import TIME_WAIT_SECONDS, Finding, rate_text
+
+WIDTH = 100
+BAR = 20
+SHOWN_BUCKETS = 5
+SHOWN_PORTS = 5
+COLOURS = {"critical": "1;31", "warning": "33", "info": "36", "ok": "32", "head": "1"}
+LABELS = {"critical": "CRIT", "warning": "WARN", "info": "INFO"}
+
+
+class Style:
+    def __init__(self, colour: bool) -> None:
+        self.colour = colour
+
+    def __call__(self, kind: str, text: str) -> str:
+        if not self.colour or kind not in COLOURS:
+            return text
+        return f"\033[{COLOURS[kind]}m{text}\033[0m"
+
+
+def _n(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else rate_text(value)
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "~"
+
+
+def _bytes(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1024
+    return f"{value:,.1f} GiB"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds <= 0:
+        return "now"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.0f} h"
+
+
+def bar(ratio: float, width: int = BAR) -> str:
+    filled = max(0, min(width, round(ratio * width)))
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def table(rows: Sequence[Sequence[str]], right: Sequence[bool], indent: str = "  ") -> list[str]:
+    """Columns padded to their widest cell; `right` aligns a column to the right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(w) if right[i] else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append((indent + "  ".join(cells)).rstrip()[:WIDTH])
+    return lines
+
+
+def _wrap(text: str, indent: str) -> list[str]:
+    lines, line = [], indent
+    for word in text.split():
+        if len(line) + len(word) + 1 > WIDTH and line.strip():
+            lines.append(line.rstrip())
+            line = indent
+        line += word + " "
+    if line.strip():
+        lines.append(line.rstrip())
+    return lines
+
+
+def _finding(f: Finding, style: Style) -> list[str]:
+    where = f.netns or "node"
+    head = f"  {style(f.severity, LABELS[f.severity])}  {style('head', f.id)}  [{where}]"
+    evidence = " ".join(f"{k}={v}" for k, v in f.evidence.items())
+    return [
+        head[: WIDTH + 40],  # escape codes take no columns
+        *_wrap(f.summary, "        "),
+        *_wrap("evidence: " + evidence, "        "),
+        *_wrap("remedy: " + f.remedy, "        "),
+    ]
+
+
+def _namespace(ns: NamespaceReport, style: Style) -> list[str]:
+    lines = [style("head", f"Namespace {ns.netns}")]
+    for error in ns.errors:
+        lines += _wrap(f"unreadable: {error}", "  ")
+    if ns.states:
+        lines += _wrap(
+            "sockets: " + ", ".join(f"{s} {_n(c)}" for s, c in sorted(ns.states.items())), "  "
+        )
+    if ns.direction is not None:
+        d = ns.direction
+        lines.append(
+            f"  direction: outbound {_n(d.outbound)} (TIME-WAIT {_n(d.outbound_timewait)}), "
+            f"inbound {_n(d.inbound)} (TIME-WAIT {_n(d.inbound_timewait)}), listen {_n(d.listen)}"
+        )
+    if ns.port_range is not None:
+        p = ns.port_range
+        usable = p.capacity if p.capacity is not None else p.available
+        lines += _wrap(
+            f"ports: range {p.min}-{p.max}, {_n(p.reserved)} reserved, {_n(usable)} usable per "
+            f"destination: each closed connection holds its port {TIME_WAIT_SECONDS} s, so at "
+            f"most {rate_text(p.limit_per_second)} new connections/s toward any one destination",
+            "  ",
+        )
+    if ns.timewait is not None:
+        text = f"  TIME-WAIT: {_n(ns.timewait)}"
+        if ns.tcp_max_tw_buckets:
+            share = ns.timewait / ns.tcp_max_tw_buckets
+            text += f" of tcp_max_tw_buckets {_n(ns.tcp_max_tw_buckets)} ({100 * share:.1f} %)"
+        lines.append(text)
+    if ns.rates:
+        lines += _wrap(
+            "per second: " + ", ".join(f"{c} {_rate(r)}" for c, r in ns.rates.items()), "  "
+        )
+    if ns.outbound:
+        rows = [["destination", "local", "used/cap", "", "TIME-WAIT", "limit/s", "full in"]]
+        for b in ns.outbound[:SHOWN_BUCKETS]:
+            rows.append([
+                _cut(b.destination, 26), _cut(b.local_addr, 15), f"{_n(b.used)}/{_n(b.capacity)}",
+                bar(b.ratio, 10), _n(b.timewait),
+                _rate(b.limit) if b.limit is not None else "reuse", _duration(b.exhaustion_seconds),
+            ])  # fmt: skip
+        lines.append("  outbound buckets (largest used/capacity first):")
+        lines += table(rows, [False, False, True, False, True, True, True], "    ")
+        for b in ns.outbound[:SHOWN_BUCKETS]:
+            lines.append(f"    {b.sentence()}"[:WIDTH])
+        hidden = len(ns.outbound) - SHOWN_BUCKETS
+        if hidden > 0:
+            lines.append(f"    ... {hidden} more (--format json lists them)")
+    if ns.inbound:
+        rows = [["local port", "peer", "sockets", "TIME-WAIT"]]
+        for lp in ns.inbound[:SHOWN_PORTS]:
+            rows.append([f":{lp.port}", "(all peers)", _n(lp.sockets), _n(lp.timewait)])
+            for peer in lp.peers[:3]:
+                rows.append(["", peer.remote_addr, _n(peer.sockets), _n(peer.timewait)])
+        lines.append("  inbound, per local port and top peers:")
+        lines += table(rows, [False, False, True, True], "    ")
+    return lines
+
+
+def _overview(namespaces: Sequence[NamespaceReport], flagged: set[str]) -> list[str]:
+    rows = [["netns", "sockets", "TIME-WAIT", "tw/max", "outbound", "inbound", "max used", ""]]
+    for ns in namespaces:
+        tw = ns.timewait or 0
+        share = f"{100 * tw / ns.tcp_max_tw_buckets:.1f} %" if ns.tcp_max_tw_buckets else "-"
+        d = ns.direction
+        ratio = ns.max_ratio
+        rows.append([
+            _cut(ns.netns, 34) + (" *" if ns.netns in flagged else ""),
+            _n(sum(ns.states.values())), _n(tw), share,
+            _n(d.outbound) if d else "-", _n(d.inbound) if d else "-",
+            f"{100 * ratio:.0f} %" if ratio is not None else "-",
+            bar(ratio, 10) if ratio is not None else "",
+        ])  # fmt: skip
+    lines = table(rows, [False, True, True, True, True, True, True, False])
+    if flagged:
+        lines.append("  * has findings: details below")
+    return lines
+
+
+def render(report: Report, colour: bool = False) -> str:
+    style = Style(colour)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(report.generated_at))
+    busy = [ns for ns in report.namespaces if ns.has_sockets or ns.errors]
+    idle = [ns.netns for ns in report.namespaces if ns not in busy]
+    flagged = {f.netns for f in report.findings if f.netns}
+    detailed = [ns for ns in busy if ns.netns in flagged or ns.netns == "host"]
+    if not detailed:
+        detailed = sorted(busy, key=lambda ns: -(ns.max_ratio or 0.0))[:3]
+    lines = [
+        style("head", "timewait-exporter report")
+        + f"  {stamp}, {len(report.namespaces)} namespaces, window {report.window_seconds:.1f} s",
+        "",
+        style("head", "Findings"),
+    ]
+    if report.findings:
+        for f in report.findings:
+            lines += _finding(f, style)
+    else:
+        lines.append("  " + style("ok", "OK") + "  nothing wrong found")
+    if busy:
+        lines += ["", style("head", "Namespaces with TCP sockets"), *_overview(busy, flagged)]
+    if idle:
+        lines += _wrap(f"{len(idle)} without any: {', '.join(idle)}", "  ")
+    for ns in detailed:
+        lines += ["", *_namespace(ns, style)]
+    lines += ["", style("head", "Node")]
+    if report.slab:
+        rows = [["slab cache", "objects", "object size", "memory", "a million would take"]]
+        for s in report.slab:
+            name = s.cache + (" (merged)" if s.merged else "")
+            rows.append([name, _n(s.active_objects), _bytes(s.object_size),
+                         _bytes(s.memory_bytes), _bytes(s.million_bytes)])  # fmt: skip
+        lines += table(rows, [False, True, True, True, True])
+    else:
+        lines.append("  slab caches not read")
+    if report.fail_on is not None:
+        verdict = "reached" if report.exit_code == 3 else "not reached"
+        lines.append(f"  --fail-on {report.fail_on:g}: {verdict} (exit {report.exit_code})")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,407 @@
+"""`timewait-exporter report` in real namespaces: one constructed scenario per finding,
+each checked to appear exactly when its condition holds (and not otherwise), with its
+evidence compared against ss, sockstat and the sysctls; the JSON against its schema; the
+text against a golden file with the numbers masked.
+
+Regenerate the golden file after an intended output change with
+    UPDATE_GOLDEN=1 pytest tests/test_report.py
+and review the diff."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from exporter.config import Config
+from exporter.poller import Poller
+from exporter.report import engine, render_json
+from tests.conftest import FIXTURES, TREES
+from tests.kernel import Netns, server_closes_first, time_wait_pairs
+
+SCHEMA = json.loads((Path(__file__).parent.parent / "docs" / "report.schema.json").read_text())
+GOLDEN = FIXTURES / "golden" / "report-scenario.txt"
+WINDOW = "0.2"
+
+
+def validate(doc: dict[str, Any]) -> None:
+    jsonschema.Draft202012Validator(SCHEMA).validate(doc)
+
+
+def report(netns: Netns, *extra: str, fmt: str = "json") -> tuple[int, Any]:
+    result = netns.exporter("report", "--window", WINDOW, "--format", fmt, *extra, check=False)
+    assert result.returncode in (0, 3), result.stderr
+    if fmt != "json":
+        return result.returncode, result.stdout
+    doc = json.loads(result.stdout)
+    validate(doc)
+    return result.returncode, doc
+
+
+def findings(doc: dict[str, Any], finding: str) -> list[dict[str, Any]]:
+    return [f for f in doc["findings"] if f["id"] == finding]
+
+
+def ids(doc: dict[str, Any]) -> set[str]:
+    return {f["id"] for f in doc["findings"]}
+
+
+def ss_count(netns: Netns, *filter_words: str) -> int:
+    out = netns.run("ss", "-tanH", *filter_words).stdout
+    return len(out.splitlines())
+
+
+def sockstat_tw(netns: Netns) -> int:
+    line = next(x for x in netns.read("net/sockstat").splitlines() if x.startswith("TCP:"))
+    words = line.split()
+    return int(words[words.index("tw") + 1])
+
+
+def small_range_with_timewait(netns: Netns, pairs: int) -> None:
+    """100 ephemeral ports, a listener outside them, `pairs` client-closed connections."""
+    netns.sysctl("net.ipv4.ip_local_port_range", "40000 40099")
+    listener = netns.listen("127.0.0.1", 8080)
+    time_wait_pairs(netns, listener, pairs)
+
+
+# -- the baseline: nothing spurious ------------------------------------------------------
+
+
+def test_default_namespace_has_no_finding(netns: Netns) -> None:
+    netns.sysctl("net.ipv4.tcp_tw_reuse", "2")  # back to the kernel default
+    listener = netns.listen("127.0.0.1", 8080)
+    time_wait_pairs(netns, listener, 20)
+    server_closes_first(netns, listener, 20)
+    code, doc = report(netns)
+    assert code == 0
+    assert doc["findings"] == []
+    (ns,) = doc["namespaces"]
+    assert ns["netns"] == netns.name
+    assert ns["timewait"] == sockstat_tw(netns) == 40
+    assert ns["direction"]["outbound_timewait"] == 20
+    assert ns["direction"]["inbound_timewait"] == 20
+    # Little's law with the default range: 28,232 ports / 60 s, about 470 per second.
+    assert ns["port_range"]["available"] == 28232
+    (b,) = ns["outbound"]
+    assert b["destination"] == "127.0.0.1:8080" and b["timewait"] == 20
+    assert b["rate_now"] == pytest.approx(20 / 60)
+    assert b["reuse_covers"] is True and b["limit"] is None  # 2 covers loopback
+
+
+# -- port-exhaustion, narrow-port-range, tw-reuse-off-for-clients -------------------------
+
+
+def test_port_exhaustion_over_80_percent(netns: Netns) -> None:
+    small_range_with_timewait(netns, 85)
+    code, doc = report(netns, "--fail-on", "0.8")
+    (found,) = findings(doc, "port-exhaustion")
+    tw = ss_count(netns, "state", "time-wait", "dst", "127.0.0.1:8080")
+    assert tw == 85
+    assert found["netns"] == netns.name
+    assert found["evidence"]["used"] == tw
+    assert found["evidence"]["capacity"] == 100
+    assert found["evidence"]["max_ratio"] == pytest.approx(0.85)
+    assert found["evidence"]["destination"] == "127.0.0.1:8080"
+    assert found["evidence"]["limit_per_second"] == pytest.approx((100 - 0) / 60, abs=0.01)
+    assert code == 3 and doc["exit_code"] == 3  # --fail-on 0.8 reached
+    (b,) = [b for b in doc["namespaces"][0]["outbound"] if b["remote_port"] == "8080"]
+    assert b["sentence"] == "toward 127.0.0.1:8080: 1.4 conn/s now, limit 1.7 conn/s"
+
+
+def test_port_exhaustion_absent_at_70_percent(netns: Netns) -> None:
+    small_range_with_timewait(netns, 70)
+    code, doc = report(netns, "--fail-on", "0.8")
+    assert findings(doc, "port-exhaustion") == []
+    assert doc["namespaces"][0]["max_ratio"] == pytest.approx(0.70)
+    assert code == 0 and doc["exit_code"] == 0
+    # the other two conditions still hold: 100 ports, TIME-WAIT holds 70 % with reuse 0
+    assert {"narrow-port-range", "tw-reuse-off-for-clients"} <= ids(doc)
+
+
+def test_narrow_port_range_evidence(netns: Netns) -> None:
+    netns.sysctl("net.ipv4.ip_local_port_range", "40000 40999")
+    netns.sysctl("net.ipv4.ip_local_reserved_ports", "40100-40109")
+    _, doc = report(netns)
+    (found,) = findings(doc, "narrow-port-range")
+    assert found["evidence"]["available"] == 1000 - 10
+    assert found["evidence"]["reserved"] == 10
+    assert found["evidence"]["port_range_min"] == 40000
+    assert found["evidence"]["port_range_max"] == 40999
+
+
+def test_narrow_port_range_absent_with_default_range(netns: Netns) -> None:
+    netns.sysctl("net.ipv4.ip_local_port_range", "32768 60999")
+    _, doc = report(netns)
+    assert "narrow-port-range" not in ids(doc)
+
+
+def test_tw_reuse_off_with_outbound_load(netns: Netns) -> None:
+    small_range_with_timewait(netns, 40)
+    _, doc = report(netns)
+    (found,) = findings(doc, "tw-reuse-off-for-clients")
+    assert found["evidence"]["timewait"] == ss_count(
+        netns, "state", "time-wait", "dport", "= :8080"
+    )
+    assert found["evidence"]["tcp_tw_reuse"] == 0
+    assert found["evidence"]["share"] == pytest.approx(0.40)
+    assert "port-exhaustion" not in ids(doc)
+
+
+def test_tw_reuse_2_covers_loopback(netns: Netns) -> None:
+    small_range_with_timewait(netns, 85)
+    netns.sysctl("net.ipv4.tcp_tw_reuse", "2")
+    _, doc = report(netns)
+    # TIME-WAIT toward loopback can be taken over: neither the share nor the ratio counts it
+    assert "tw-reuse-off-for-clients" not in ids(doc)
+    assert "port-exhaustion" not in ids(doc)
+    assert doc["namespaces"][0]["max_ratio"] < 0.1
+
+
+def test_tw_reuse_2_toward_non_loopback(netns: Netns) -> None:
+    # a non-loopback address (ipv4_is_loopback is 127/8 only), on lo for lack of a dummy
+    netns.run("ip", "addr", "add", "10.9.0.1/32", "dev", "lo")
+    netns.sysctl("net.ipv4.ip_local_port_range", "40000 40099")
+    listener = netns.listen("10.9.0.1", 8080)
+    time_wait_pairs(netns, listener, 30)
+    netns.sysctl("net.ipv4.tcp_tw_reuse", "2")
+    _, doc = report(netns)
+    (found,) = findings(doc, "tw-reuse-off-for-clients")
+    assert found["evidence"]["destination"] == "10.9.0.1:8080"
+    assert found["evidence"]["tcp_tw_reuse"] == 2
+    assert found["evidence"]["timewait"] == 30
+    netns.sysctl("net.ipv4.tcp_tw_reuse", "1")
+    _, doc = report(netns)
+    assert "tw-reuse-off-for-clients" not in ids(doc)
+
+
+# -- timewait-overflow -------------------------------------------------------------------
+
+
+def test_timewait_near_tcp_max_tw_buckets(netns: Netns) -> None:
+    netns.sysctl("net.ipv4.tcp_max_tw_buckets", "10")
+    listener = netns.listen("127.0.0.1", 8080)
+    time_wait_pairs(netns, listener, 30)
+    _, doc = report(netns)
+    (found,) = findings(doc, "timewait-overflow")
+    assert found["evidence"]["timewait"] == sockstat_tw(netns) == 10
+    assert found["evidence"]["tcp_max_tw_buckets"] == 10
+    assert ss_count(netns, "state", "time-wait") == 10
+
+
+def test_timewait_overflow_absent_below_limit(netns: Netns) -> None:
+    listener = netns.listen("127.0.0.1", 8080)
+    time_wait_pairs(netns, listener, 30)
+    _, doc = report(netns)
+    assert "timewait-overflow" not in ids(doc)
+
+
+def test_timewait_overflow_counter_rising(netns: Netns) -> None:
+    """The engine's two polls around overflowing connections: the counter's delta is the
+    evidence, whatever the TIME-WAIT count."""
+    netns.sysctl("net.ipv4.tcp_max_tw_buckets", "1000")
+    listener = netns.listen("127.0.0.1", 8080)
+    poller = Poller(Config(netns=frozenset({netns.name})))
+    try:
+        first = poller.poll_once()
+        netns.sysctl("net.ipv4.tcp_max_tw_buckets", "0")  # every new TIME-WAIT overflows
+        time_wait_pairs(netns, listener, 7)
+        second = poller.poll_once()
+    finally:
+        poller.close()
+    doc = render_json.to_dict(engine.build(first, second))
+    validate(doc)
+    (found,) = findings(doc, "timewait-overflow")
+    assert found["evidence"]["overflow_delta"] == 7
+    assert found["severity"] == "critical"
+    assert doc["namespaces"][0]["deltas"]["TCPTimeWaitOverflow"] == 7
+
+
+# -- timestamps-off, fin-timeout-misconception --------------------------------------------
+
+
+def test_timestamps_off(netns: Netns) -> None:
+    netns.sysctl("net.ipv4.tcp_timestamps", "0")
+    netns.sysctl("net.ipv4.tcp_tw_reuse", "1")
+    _, doc = report(netns)
+    (found,) = findings(doc, "timestamps-off")
+    assert found["evidence"] == {"tcp_timestamps": 0, "tcp_tw_reuse": 1}
+    netns.sysctl("net.ipv4.tcp_timestamps", "1")
+    _, doc = report(netns)
+    assert "timestamps-off" not in ids(doc)
+
+
+def test_fin_timeout_misconception(netns: Netns) -> None:
+    netns.sysctl("net.ipv4.tcp_fin_timeout", "30")
+    _, doc = report(netns)
+    (found,) = findings(doc, "fin-timeout-misconception")
+    assert found["evidence"] == {"tcp_fin_timeout": 30, "timewait_seconds": 60}
+    netns.sysctl("net.ipv4.tcp_fin_timeout", "60")
+    _, doc = report(netns)
+    assert "fin-timeout-misconception" not in ids(doc)
+
+
+# -- server-closes-first -----------------------------------------------------------------
+
+
+def test_server_closes_first(netns: Netns) -> None:
+    listener = netns.listen("127.0.0.1", 8080)
+    server_closes_first(netns, listener, 60)
+    _, doc = report(netns)
+    (found,) = findings(doc, "server-closes-first")
+    assert found["evidence"]["local_port"] == "8080"
+    assert found["evidence"]["timewait"] == ss_count(
+        netns, "state", "time-wait", "sport", "= :8080"
+    )
+    assert found["evidence"]["timewait"] == 60
+    (port,) = [p for p in doc["namespaces"][0]["inbound"] if p["port"] == "8080"]
+    assert port["peers"][0]["remote_addr"] == "127.0.0.1"
+
+
+def test_client_closing_first_is_not_server_closes_first(netns: Netns) -> None:
+    listener = netns.listen("127.0.0.1", 8080)
+    time_wait_pairs(netns, listener, 60)
+    _, doc = report(netns)
+    assert "server-closes-first" not in ids(doc)
+
+
+# -- ehash-shared --------------------------------------------------------------------------
+
+
+@contextmanager
+def namespaces(count: int, parent: Netns | None = None) -> Iterator[list[str]]:
+    """`count` namespaces under /run/netns, created from `parent`'s network namespace
+    (so they inherit its tcp_child_ehash_entries) or from this process's."""
+    names = [f"twr-{os.getpid()}-{i}" for i in range(count)]
+    prefix = ["nsenter", f"--net={parent.path}"] if parent else []
+    try:
+        for name in names:
+            subprocess.run([*prefix, "ip", "netns", "add", name], check=True, capture_output=True)
+        yield names
+    finally:
+        for name in names:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def node_report(*labels: str) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "report", "--window", WINDOW, "--format", "json",
+         "--netns", ",".join(labels)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    doc: dict[str, Any] = json.loads(result.stdout)
+    validate(doc)
+    return doc
+
+
+def test_ehash_shared_by_many_namespaces(kernel: None) -> None:
+    with namespaces(10) as names:
+        doc = node_report(*names)
+        (found,) = findings(doc, "ehash-shared")
+        assert found["netns"] == ""
+        assert found["evidence"]["shared_namespaces"] == 10
+        for ns in doc["namespaces"]:
+            assert ns["sysctls"]["tcp_ehash_entries"] < 0  # what the kernel shows: shared
+        doc = node_report(*names[:9])
+        assert "ehash-shared" not in ids(doc)
+
+
+def test_ehash_not_shared_with_child_ehash_entries(netns: Netns) -> None:
+    netns.sysctl("net.ipv4.tcp_child_ehash_entries", "1024")
+    with namespaces(10, parent=netns) as names:
+        doc = node_report(*names)
+        assert "ehash-shared" not in ids(doc)
+        for ns in doc["namespaces"]:
+            assert ns["sysctls"]["tcp_ehash_entries"] == 1024
+
+
+# -- tw-recycle-enabled: a recorded Linux 4.9 tree ----------------------------------------
+
+
+def tree_report(root: Path) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "report", "--window", WINDOW, "--format", "json",
+         "--path.procfs", str(root / "proc"), "--path.sysfs", str(root / "sys"),
+         "--no-collector.sockdiag", "--netns=self", "--netns.name", "fixture"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    doc: dict[str, Any] = json.loads(result.stdout)
+    validate(doc)
+    return doc
+
+
+@pytest.mark.parametrize("value", [0, 1])
+def test_tw_recycle_enabled_on_linux_4_9(tmp_path: Path, value: int) -> None:
+    root = tmp_path / "tree"
+    shutil.copytree(TREES / "linux-4.9", root, symlinks=True)
+    (root / "proc/sys/net/ipv4/tcp_tw_recycle").write_text(f"{value}\n")
+    doc = tree_report(root)
+    found = findings(doc, "tw-recycle-enabled")
+    if value:
+        (only,) = found
+        assert only["netns"] == "fixture"
+        assert only["evidence"]["tcp_tw_recycle"] == 1
+        assert only["evidence"]["PAWSPassive_per_second"] == 0  # a recorded tree is still
+        assert only["severity"] == "critical"
+    else:
+        assert found == []
+    # the rest of that tree is healthy: tw_reuse 1, timestamps on, range 32768-61000
+    assert ids(doc) <= {"tw-recycle-enabled"}
+    (ns,) = doc["namespaces"]
+    assert ns["timewait"] == 12 and ns["tcp_max_tw_buckets"] == 262144
+    assert [s["million_bytes"] for s in doc["slab"]] == [256_000_000, 64_000_000]
+
+
+# -- the text ------------------------------------------------------------------------------
+
+
+def mask(text: str) -> str:
+    """Numbers (and so the bars' fill and the columns' widths) vary; the shape does not."""
+    text = re.sub(r"\[[#.]+\]", "[bar]", text)
+    text = re.sub(r"\d+(?:[.,]\d+)*", "N", text)
+    return "\n".join(re.sub(r" {2,}", "  ", line) for line in text.splitlines()) + "\n"
+
+
+def test_text_golden(netns: Netns) -> None:
+    netns.sysctl("net.ipv4.tcp_fin_timeout", "30")
+    listener = netns.listen("127.0.0.1", 9090)
+    server_closes_first(netns, listener, 55)  # before the range narrows: 55 distinct ports
+    small_range_with_timewait(netns, 85)
+    code, text = report(netns, "--netns.name", "scenario", "--no-collector.slab", fmt="text")
+    assert code == 0
+    assert all(len(line) <= 100 for line in text.splitlines()), text
+    assert "\033[" not in text  # not a terminal: no colour
+    assert "toward 127.0.0.1:8080: 1.4 conn/s now, limit 1.7 conn/s" in text
+    masked = mask(text)
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        GOLDEN.write_text(masked)
+    assert masked == GOLDEN.read_text()
+
+
+def test_text_is_coloured_on_a_terminal(netns: Netns) -> None:
+    netns.sysctl("net.ipv4.tcp_fin_timeout", "30")
+    script = (
+        "import pty, sys; "
+        f"sys.exit(pty.spawn([{sys.executable!r}, '-m', 'exporter', 'report', '--window', "
+        f"'0.1', '--netns=self']) >> 8)"
+    )
+    out = netns.run(sys.executable, "-c", script, check=False).stdout
+    assert "\033[36mINFO\033[0m" in out
+
+
+def test_window_flag_is_checked(netns: Netns) -> None:
+    result = netns.exporter("report", "--window", "soon", check=False)
+    assert result.returncode == 2 and "--window" in result.stderr
+    result = netns.exporter("report", "--fail-on", "0", check=False)
+    assert result.returncode == 2 and "--fail-on" in result.stderr
