@@ -19,6 +19,15 @@
  * client closes first (outbound TIME-WAIT). in: one listener on 127.0.0.1:PORT;
  * connection i comes from its own source address (bound with IP_BIND_ADDRESS_NO_PORT)
  * and the server closes first (inbound TIME-WAIT).
+ *
+ *   loadgen churn RATE SECONDS PORT DESTINATIONS
+ *
+ * Connection churn for the socket-destroy event benchmark: RATE connections a second for
+ * SECONDS, paced every millisecond, from 127.0.0.1 to 127.0.1.1 .. 127.0.1.DESTINATIONS
+ * on PORT (one wildcard listener); each is accepted, then closed by the client, then by
+ * the server (two full sockets destroyed, two events). Set the namespace's
+ * tcp_max_tw_buckets low so that TIME-WAIT does not exhaust the ports. Prints the
+ * connections made and the seconds taken, then exits.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -29,6 +38,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
@@ -102,7 +112,58 @@ static int distinct(const char *direction, long connections, int second_octet, i
     return ready_and_wait();
 }
 
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int churn(long rate, double seconds, int port, int destinations) {
+    int one = 1;
+    struct sockaddr_in listen_sa = address("0.0.0.0", port);
+    int listener = socket(AF_INET, SOCK_STREAM, 0);
+    setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(listener, (struct sockaddr *)&listen_sa, sizeof listen_sa)) die("bind listener");
+    if (listen(listener, 4096)) die("listen");
+    struct sockaddr_in *remote = calloc(destinations, sizeof(struct sockaddr_in));
+    char ip[64];
+    for (int d = 0; d < destinations; d++) {
+        snprintf(ip, sizeof ip, "127.0.1.%d", 1 + d);
+        remote[d] = address(ip, port);
+    }
+    double start = now_seconds(), end = start + seconds;
+    long made = 0;
+    for (;;) {
+        double t = now_seconds();
+        if (t >= end) break;
+        long due = (long)((t - start) * rate);
+        if (made >= due) {
+            struct timespec pause_ts = {0, 200000}; /* 0.2 ms */
+            nanosleep(&pause_ts, NULL);
+            continue;
+        }
+        while (made < due) {
+            int client = socket(AF_INET, SOCK_STREAM, 0);
+            if (client < 0) die("socket");
+            if (connect(client, (struct sockaddr *)&remote[made % destinations],
+                        sizeof remote[0])) {
+                fprintf(stderr, "connect %ld: %s\n", made, strerror(errno));
+                return 1;
+            }
+            int server = accept(listener, NULL, NULL);
+            if (server < 0) die("accept");
+            close(client);
+            close(server);
+            made++;
+        }
+    }
+    printf("%ld %.3f\n", made, now_seconds() - start);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 6 && strcmp(argv[1], "churn") == 0)
+        return churn(atol(argv[2]), atof(argv[3]), atoi(argv[4]), atoi(argv[5]));
     if (argc == 6 && strcmp(argv[1], "distinct") == 0)
         return distinct(argv[2], atol(argv[3]), atoi(argv[4]), atoi(argv[5]));
     if (argc != 10) {

@@ -39,6 +39,7 @@ NODE_EXPORTER = "prometheus-node-exporter"
 NODE_BEGIN, NODE_END = "<!-- NODE_BEGIN -->", "<!-- NODE_END -->"
 # ... and benchmarks/http_load.py and soak.py theirs between these.
 HTTP_BEGIN, HTTP_END = "<!-- HTTP_BEGIN -->", "<!-- HTTP_END -->"
+EVENTS_BEGIN, EVENTS_END = "<!-- EVENTS_BEGIN -->", "<!-- EVENTS_END -->"  # benchmarks.events
 LABELS = {
     "exporter": "timewait-exporter full poll",
     "floor": "kernel dump, received and discarded (floor)",
@@ -392,9 +393,14 @@ def main() -> None:
         print(text, flush=True)
         report += ["### Idle cost", "", text, ""]
     if args.markdown:
-        # Keep the sections other benchmarks write into the file (many namespaces, HTTP).
+        # Keep the sections other benchmarks write into the file (many namespaces, HTTP,
+        # socket-destroy events).
         old = args.markdown.read_text() if args.markdown.exists() else ""
-        for begin, end in ((NODE_BEGIN, NODE_END), (HTTP_BEGIN, HTTP_END)):
+        for begin, end in (
+            (NODE_BEGIN, NODE_END),
+            (HTTP_BEGIN, HTTP_END),
+            (EVENTS_BEGIN, EVENTS_END),
+        ):
             if begin in old and end in old:
                 kept = old.split(begin, 1)[1].split(end, 1)[0]
                 report += ["", begin + kept + end, ""]

@@ -5,15 +5,22 @@ As root:
 
 The daemon runs in the host namespace (`--netns=all --poll.interval=1`, listening on
 127.0.0.1). For `--seconds`, a churn driver keeps `--alive` namespaces named
-`twsoak-<pid>-<n>` (lo up, tcp_rfc1337=1, tcp_tw_reuse=0, a listener on 127.0.0.1:8080):
-every `--replace-every` seconds it deletes the `--replace` oldest and creates as many new
-ones; every second it picks `--busy` of them and in each makes `--timewait` TIME-WAIT
-connections and opens or closes ESTABLISHED pairs (at most `--held` pairs per namespace).
+`<prefix>-<pid>-<n>` (`--prefix`, twsoak by default; lo up, tcp_rfc1337=1,
+tcp_tw_reuse=0, a listener on 127.0.0.1:8080): every `--replace-every` seconds it
+deletes the `--replace` oldest and creates as many new ones; every second it picks
+`--busy` of them and in each makes `--timewait` TIME-WAIT connections and opens or
+closes ESTABLISHED pairs (at most `--held` pairs per namespace).
 A scraper fetches /metrics every second over one keep-alive connection. Every
-`--sample-every` seconds the daemon's RSS (VmRSS), open descriptors (/proc/PID/fd) and
-CPU time are sampled. Reported: the RSS slope (least squares over the samples after
-`--warmup`, KiB/min), the fd count first/last/min/max after the warm-up, namespaces
-created and deleted, scrape statuses and latency.
+`--sample-every` seconds the daemon's RSS (VmRSS, RssAnon), open descriptors
+(/proc/PID/fd) and CPU time are sampled. Reported: the RSS slope (least squares over the
+samples after `--warmup`, KiB/min, and over the second half of that window alone: an
+allocator settling flattens, a leak does not), the fd count first/last/min/max after the
+warm-up, namespaces created and deleted, scrape statuses and latency.
+
+`--root DIR` runs the daemon from another tree (`python -m exporter` with DIR as its
+working directory), to compare a patched copy under the same load; `--prefix`, `--json`
+and `--log` keep concurrent runs apart. Each daemon polls every namespace on the node,
+the other runs' included.
 
 Bounded: the run's length, the namespaces alive, the sockets per namespace (TIME-WAIT
 sockets expire after 60 s; a deleted namespace takes its sockets with it). Every
@@ -240,6 +247,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                     "t": now - start,
                     "rss_kib": status_kib(pid, "VmRSS"),
                     "hwm_kib": status_kib(pid, "VmHWM"),
+                    "rss_anon_kib": status_kib(pid, "RssAnon"),
                     "fds": open_fds(pid),
                     "threads": status_kib(pid, "Threads"),
                     "cpu_s": process_cpu(pid) - cpu0,
@@ -290,6 +298,11 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         "pairs_opened": churn.pairs_opened,
         "pairs_closed": churn.pairs_closed,
         "rss_slope_kib_per_min": slope_kib_per_min(samples, args.warmup),
+        # The second half of the measured window alone: settling ends, a leak goes on.
+        "rss_slope_kib_per_min_last_half": slope_kib_per_min(
+            samples, (args.warmup + args.seconds) / 2
+        ),
+        "rss_kib_by_minute": [s["rss_kib"] for s in samples if s["t"] % 60 < args.sample_every],
         "rss_kib_first_after_warmup": after[0]["rss_kib"] if after else None,
         "rss_kib_last": samples[-1]["rss_kib"] if samples else None,
         "rss_kib_max": max(s["rss_kib"] for s in samples) if samples else None,
@@ -320,7 +333,8 @@ def summary(r: dict[str, Any]) -> str:
         f"daemon CPU {r['daemon_cpu_s']:.1f} s ({100 * r['daemon_cpu_s'] / r['wall_s']:.0f} % "
         f"of one core); RSS slope after warm-up {r['rss_slope_kib_per_min']:+.1f} KiB/min, "
         f"RSS {r['rss_kib_first_after_warmup']} -> {r['rss_kib_last']} KiB "
-        f"(max {r['rss_kib_max']}, HWM {r['hwm_kib']})",
+        f"(max {r['rss_kib_max']}, HWM {r['hwm_kib']}); slope over the last half "
+        f"{r['rss_slope_kib_per_min_last_half']:+.1f} KiB/min",
         f"fds after warm-up: first {fds.get('first')}, last {fds.get('last')}, "
         f"min {fds.get('min')}, max {fds.get('max')}; threads max {r['threads_max']}",
         f"scrapes {r['scrapes']}, p50 {r['scrape_p50_ms']:.1f} ms, p99 "
@@ -343,11 +357,16 @@ def main() -> None:
     parser.add_argument("--held", type=int, default=10, help="ESTABLISHED pairs, max per ns")
     parser.add_argument("--sample-every", type=float, default=5.0)
     parser.add_argument("--json", type=Path, default=RESULTS / "soak.json")
-    parser.add_argument("--log", type=Path, default=RESULTS / "soak-daemon.log",
-                        help="the daemon's stderr")
+    parser.add_argument(
+        "--log", type=Path, default=RESULTS / "soak-daemon.log", help="the daemon's stderr"
+    )
     parser.add_argument("--prefix", default=PREFIX, help="namespace names: PREFIX-<pid>-<n>")
-    parser.add_argument("--root", type=Path, default=ROOT,
-                        help="the tree the daemon runs from (python -m exporter there)")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=ROOT,
+        help="the tree the daemon runs from (python -m exporter there)",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the soak creates network namespaces")

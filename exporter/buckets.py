@@ -168,6 +168,50 @@ class _Runs:
     wide: SortedRuns = field(default_factory=lambda: SortedRuns("V12"))
 
 
+@dataclass(frozen=True, slots=True)
+class Classifier:
+    """Which sockets are outbound: the local port lies in ip_local_port_range and no
+    listener owns it on the same or a wildcard address. Everything else is inbound."""
+
+    low: int
+    high: int
+    listen_port: npt.NDArray[np.bool_]  # per port: some listener holds it
+    wildcard_port: npt.NDArray[np.bool_]  # per port: a listener on 0.0.0.0 or ::
+    listen_v4: npt.NDArray[np.uint64]  # addr << 16 | port of address-specific listeners
+    listen_v6: npt.NDArray[np.void]  # addr (16 bytes), port (2)
+
+    def outbound(
+        self, batch: Batch, v4: npt.NDArray[np.bool_], local4: npt.NDArray[np.uint32]
+    ) -> npt.NDArray[np.bool_]:
+        sport = batch.sport
+        in_range = (sport >= self.low) & (sport <= self.high)
+        # A socket on a port a listener owns (wildcard, or the same address) is inbound:
+        # its port is the listener's, not an ephemeral one.
+        outbound: npt.NDArray[np.bool_] = in_range & ~self.wildcard_port[sport]
+        suspects = np.flatnonzero(outbound & self.listen_port[sport])
+        if suspects.size:
+            outbound[suspects[self._owned(batch, v4, local4, suspects)]] = False
+        return outbound
+
+    def _owned(
+        self,
+        batch: Batch,
+        v4: npt.NDArray[np.bool_],
+        local4: npt.NDArray[np.uint32],
+        rows: npt.NDArray[np.intp],
+    ) -> npt.NDArray[np.bool_]:
+        """Which of `rows` sit on a port a listener bound on the same local address."""
+        owned = np.zeros(rows.size, dtype=bool)
+        is4 = v4[rows]
+        if is4.any():
+            keys = _listen_key_v4(local4[rows[is4]], batch.sport[rows[is4]])
+            owned[is4] = np.isin(keys, self.listen_v4)
+        if not is4.all():
+            six = rows[~is4]
+            owned[~is4] = np.isin(_listen_key_v6(batch.src[six], batch.sport[six]), self.listen_v6)
+        return owned
+
+
 class BucketTally:
     """Consumes sock_diag batches. Listener batches must come first (the dump order)."""
 
@@ -208,12 +252,7 @@ class BucketTally:
         in_range = (sport >= self.low) & (sport <= self.high)
         self.port_used[sport[in_range]] = True
         v4, local4, remote4 = _canonical(batch)
-        # A socket on a port a listener owns (wildcard, or the same address) is inbound:
-        # its port is the listener's, not an ephemeral one.
-        outbound = in_range & ~self.wildcard_port[sport]
-        suspects = np.flatnonzero(outbound & self.listen_port[sport])
-        if suspects.size:
-            outbound[suspects[self._owned(batch, v4, local4, suspects)]] = False
+        outbound = self.classifier().outbound(batch, v4, local4)
         inbound = ~outbound
         if self._inbound_port_ok is not None:
             inbound &= self._inbound_port_ok[sport]
@@ -245,23 +284,15 @@ class BucketTally:
         keys6 = _listen_key_v6(listeners.src[specific & ~v4], port[specific & ~v4])
         self._listen_v6 = np.union1d(self._listen_v6, keys6)
 
-    def _owned(
-        self,
-        batch: Batch,
-        v4: npt.NDArray[np.bool_],
-        local4: npt.NDArray[np.uint32],
-        rows: npt.NDArray[np.intp],
-    ) -> npt.NDArray[np.bool_]:
-        """Which of `rows` sit on a port a listener bound on the same local address."""
-        owned = np.zeros(rows.size, dtype=bool)
-        is4 = v4[rows]
-        if is4.any():
-            keys = _listen_key_v4(local4[rows[is4]], batch.sport[rows[is4]])
-            owned[is4] = np.isin(keys, self._listen_v4)
-        if not is4.all():
-            six = rows[~is4]
-            owned[~is4] = np.isin(_listen_key_v6(batch.src[six], batch.sport[six]), self._listen_v6)
-        return owned
+    def classifier(self) -> Classifier:
+        """The namespace's inbound/outbound rule as this dump established it (listeners
+        are dumped first). The arrays are shared, not copied: once the dump is over
+        nothing writes them, and the socket-destroy events (exporter/events.py) classify
+        with the last poll's classifier."""
+        return Classifier(
+            self.low, self.high, self.listen_port, self.wildcard_port,
+            self._listen_v4, self._listen_v6,
+        )  # fmt: skip
 
     def _count_v4(
         self,

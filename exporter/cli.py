@@ -100,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="threads that poll namespaces side by side (default 2)",
     )
     poll.add_argument(
+        "--events",
+        dest="events",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="count connections closed per bucket from the kernel's socket-destroy "
+        "events (serve only; default on where the kernel allows; needs sockdiag)",
+    )
+    poll.add_argument(
         "--netns",
         dest="netns",
         default=NETNS_ALL,
@@ -252,6 +260,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         netstat_fields=re.compile(args.netstat_fields),
         poll_interval=args.poll_interval,
         poll_workers=args.poll_workers,
+        events=args.events,
         listen_address=args.listen_address,
         telemetry_path=args.telemetry_path,
         web_config_file=Path(args.web_config_file) if args.web_config_file else None,

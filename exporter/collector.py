@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter import __version__
+from exporter import __version__, metrics
 from exporter.config import Config
 from exporter.registry import HOST_SOURCES, NETNS_SOURCES
 from exporter.snapshot import HOST, Snapshot
@@ -65,6 +65,8 @@ def render(snapshot: Snapshot, config: Config) -> Iterator[Metric]:
         value=config.poll_interval,
     )
     yield from _namespaces(snapshot)
+    if snapshot.events is not None:
+        yield from metrics.render_events(snapshot.events)
     for source in NETNS_SOURCES:
         yield from source.metrics(snapshot, config)
     for host_source in HOST_SOURCES:

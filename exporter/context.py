@@ -18,6 +18,7 @@ import os
 import resource
 from pathlib import Path
 
+from exporter.events import EventSocket
 from exporter.netns import entered_fd
 from exporter.sources import SourceError, decode_text
 from exporter.sources.sockdiag import DiagSocket
@@ -43,16 +44,23 @@ class NetnsContext:
         self._net_errors: dict[str, str] = {}
         self._sysctls: dict[str, int] | None = None
         self.diag: DiagSocket | None = None
+        # The socket-destroy listener (exporter/events.py) and this namespace's
+        # /proc/net/netlink (its Drops column counts lost events); error: why not.
+        self.events: EventSocket | None = None
+        self.events_error = ""
+        self.netlink_fd: int | None = None
 
     # -- opening -------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, procfs: Path, path: str | None, inode: int | None, diag: bool) -> NetnsContext:
+    def open(
+        cls, procfs: Path, path: str | None, inode: int | None, diag: bool, events: bool = False
+    ) -> NetnsContext:
         """Open the namespace at `path` (None: the calling thread's own) and check it is
         namespace `inode` (None: unchecked, for recorded trees)."""
         if path is None:
             context = cls(procfs, inode, None)
-            context._open_here(diag)
+            context._open_here(diag, events)
             return context
         ns_fd = os.open(path, _READ)
         try:
@@ -60,13 +68,13 @@ class NetnsContext:
                 raise NamespaceChanged(f"{path} is no longer namespace {inode}")
             context = cls(procfs, inode, ns_fd)
             with entered_fd(ns_fd):
-                context._open_here(diag)
+                context._open_here(diag, events)
         except BaseException:
             os.close(ns_fd)
             raise
         return context
 
-    def _open_here(self, diag: bool) -> None:
+    def _open_here(self, diag: bool, events: bool = False) -> None:
         if self.inode is not None:
             here = os.stat(self.procfs / "thread-self" / "ns" / "net").st_ino
             if here != self.inode:
@@ -81,9 +89,24 @@ class NetnsContext:
             self._sysctls = self._open_sysctls()
             if diag:
                 self.diag = DiagSocket()
+            if events:
+                self._open_events(net)
         except BaseException:
             self.close()
             raise
+
+    def _open_events(self, net: Path) -> None:
+        """The destroy-event listener; a kernel or policy that refuses it leaves the
+        namespace without events (the reason is kept), never without its poll."""
+        try:
+            self.events = EventSocket()
+        except OSError as exc:
+            self.events_error = f"cannot join the sock_diag destroy groups: {exc.strerror or exc}"
+            return
+        try:
+            self.netlink_fd = os.open(net / "netlink", _READ)
+        except OSError:
+            self.netlink_fd = None  # lost events then count one per ENOBUFS
 
     def _open_sysctls(self) -> dict[str, int] | None:
         base = self.procfs / "sys" / "net" / "ipv4"
@@ -116,6 +139,12 @@ class NetnsContext:
         if self.diag is not None:
             self.diag.close()
             self.diag = None
+        if self.events is not None:
+            self.events.close()
+            self.events = None
+        if self.netlink_fd is not None:
+            os.close(self.netlink_fd)
+            self.netlink_fd = None
         if self._ns_fd is not None:
             os.close(self._ns_fd)
             self._ns_fd = None

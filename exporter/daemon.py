@@ -132,7 +132,7 @@ async def serve(config: Config) -> None:
         web_config = load_web(config.web_config_file)
     except WebConfigError as exc:
         raise StartupError(f"--web.config.file {config.web_config_file}: {exc}") from None
-    poller = Poller(config)
+    poller = Poller(config, events=config.events)
     collector = SnapshotCollector(config)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)

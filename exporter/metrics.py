@@ -11,6 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from exporter.capacity import OTHER, select_node_top
 from exporter.config import Config
+from exporter.events import EventsSnapshot
 from exporter.socket_stats import SocketStats
 from exporter.sources import PAGE_SIZE
 from exporter.sources.netstat import snake_case
@@ -125,6 +126,12 @@ def render_ports(rows: Rows[SocketStats], config: Config) -> Iterator[Metric]:
         "tcptw_ephemeral_ports_available",
         "Ports in ip_local_port_range minus ip_local_reserved_ports",
     )
+    per_bucket = netns_gauge(
+        "tcptw_outbound_bucket_capacity",
+        "Local ports connect() may use toward any one destination: the capacity of every "
+        "outbound bucket of the namespace. Each closed connection holds its port 60 s "
+        "(TIME-WAIT), so this / 60 is the sustainable connections/s per destination",
+    )
     folded = GaugeMetricFamily(
         "tcptw_buckets_folded",
         "Buckets of the whole node summed into the namespaces' other series, per direction "
@@ -156,7 +163,54 @@ def render_ports(rows: Rows[SocketStats], config: Config) -> Iterator[Metric]:
         max_ratio.add_metric([netns], usage.max_ratio)
         in_use.add_metric([netns], usage.ephemeral_in_use)
         available.add_metric([netns], usage.ephemeral_available)
+        per_bucket.add_metric([netns], usage.capacity)
     yield from (used, capacity, out_tw, inbound, in_tw, max_ratio, in_use, available, folded)
+    yield per_bucket
+
+
+EVENTS_TOP = (
+    ": the node-wide --buckets.top buckets by recent rate count the closes made while "
+    "they are in the top; each namespace's other series counts its buckets' closes while "
+    "outside it, so sum(increase()) over every series is the number of connections closed"
+)
+
+
+def render_events(events: EventsSnapshot) -> Iterator[Metric]:
+    """The socket-destroy counters (exporter/events.py); current at the last poll."""
+    outbound = CounterMetricFamily(
+        "tcptw_outbound_connections_closed",
+        "Outbound connections closed (each destroyed socket that had connected, from the "
+        "kernel's sock_diag destroy events) per bucket" + EVENTS_TOP,
+        labels=OUTBOUND_LABELS,
+    )
+    for row in events.outbound:
+        outbound.add_metric([row.netns, row.local_addr, *row.port_or_remote], row.value)
+    inbound = CounterMetricFamily(
+        "tcptw_inbound_connections_closed",
+        "Inbound connections closed (each destroyed socket that a peer had connected) per "
+        "bucket" + EVENTS_TOP,
+        labels=INBOUND_LABELS,
+    )
+    for row in events.inbound:
+        inbound.add_metric([row.netns, row.local_addr, *row.port_or_remote], row.value)
+    lost = CounterMetricFamily(
+        "tcptw_socket_events_lost",
+        "Socket-destroy events the kernel dropped because the exporter's receive buffer "
+        "was full (the socket's Drops in /proc/net/netlink): closes missing from the "
+        "connections_closed counters",
+        labels=["netns"],
+    )
+    for netns, value in events.lost:
+        lost.add_metric([netns], value)
+    up = GaugeMetricFamily(
+        "tcptw_socket_events_up",
+        "1 when the namespace's socket-destroy listener counts connections closed, 0 when "
+        "the kernel refused it (the connections_closed counters are then absent)",
+        labels=["netns"],
+    )
+    for netns, value in events.up:
+        up.add_metric([netns], value)
+    yield from (outbound, inbound, lost, up)
 
 
 def render_tcpext(rows: Rows[dict[str, int]], config: Config) -> Iterator[Metric]:

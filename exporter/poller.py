@@ -38,6 +38,7 @@ import structlog
 from exporter.config import NETNS_SELF, Config
 from exporter.context import NamespaceChanged, NetnsContext, is_gone
 from exporter.discovery import FoundNamespace, discover, read_mounts
+from exporter.events import EventTable
 from exporter.netns import PROC_NET_INIT_INO, namespace_inode
 from exporter.pods import read_pod_names, read_pod_uid
 from exporter.registry import HOST_SOURCES, NETNS_SOURCES, NetnsPoll
@@ -94,8 +95,13 @@ class _Work:
 
 
 class Poller:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, events: bool = False) -> None:
+        """events: also count connections closed from the socket-destroy events
+        (exporter/events.py), which need the sockdiag collector."""
         self.config = config
+        self.events: EventTable | None = None
+        if events and config.enabled("sockdiag"):
+            self.events = EventTable(config.buckets)
         self._last_state: dict[tuple[str, str], str] = {}  # "" when ok, else the error
         self._state_lock = threading.Lock()
         self._tracked: dict[int | None, Tracked] = {}
@@ -163,12 +169,17 @@ class Poller:
             started_at=started_at,
             duration_seconds=duration,
             namespaces=tuple(namespaces),
+            events=self.events.snapshot() if self.events is not None else None,
         )
 
     def close(self) -> None:
-        for tracked in self._tracked.values():
+        for key, tracked in self._tracked.items():
+            if self.events is not None:
+                self.events.forget(key)
             tracked.close()
         self._tracked.clear()
+        if self.events is not None:
+            self.events.close()
 
     def _work(self, work: _Work, slot: int) -> None:
         first = True  # each worker reads at least one namespace per poll: no starvation
@@ -231,6 +242,18 @@ class Poller:
         tracked.read_at, tracked.missed = started_at, 0
         tracked.duration = time.perf_counter() - begin
         stats = next((r.data for r in results if r.source == "sockdiag" and r.ok), None)
+        if self.events is not None:
+            context = tracked.context
+            if context.events is None and context.events_error:
+                self._note(tracked.label, "events", context.events_error)
+            self.events.update(
+                tracked.key,
+                tracked.label,
+                context.events,
+                context.netlink_fd,
+                context.events_error,
+                stats.classifier if isinstance(stats, SocketStats) else None,
+            )
         if not isinstance(stats, SocketStats):
             tracked.outcome = "read"
         else:
@@ -264,6 +287,8 @@ class Poller:
         for key in [k for k, t in self._tracked.items() if k not in wanted or t.gone]:
             gone = self._tracked.pop(key)
             log.debug("namespace gone: descriptors closed", netns=gone.label)
+            if self.events is not None:
+                self.events.forget(key)  # the reader lets go of its listener first
             gone.close()
         for key, namespace in wanted.items():
             tracked = self._tracked.get(key)
@@ -335,8 +360,9 @@ class Poller:
         every path is gone has vanished since discovery."""
         cfg = self.config
         diag = cfg.enabled("sockdiag")
+        events = self.events is not None
         if tracked.own or tracked.found is None:
-            return NetnsContext.open(cfg.procfs, None, tracked.key, diag)
+            return NetnsContext.open(cfg.procfs, None, tracked.key, diag, events)
         paths = [
             str(cfg.procfs / str(pid) / "ns" / "net") for pid in tracked.found.pids[:PIDS_TRIED]
         ]
@@ -348,7 +374,7 @@ class Poller:
         failure: Exception | None = None
         for path in paths:
             try:
-                return NetnsContext.open(cfg.procfs, path, tracked.key, diag)
+                return NetnsContext.open(cfg.procfs, path, tracked.key, diag, events)
             except NamespaceChanged:
                 continue
             except OSError as exc:

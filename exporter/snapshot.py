@@ -4,6 +4,10 @@ which namespaces were polled."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from exporter.events import EventsSnapshot
 
 HOST = ""  # the `netns` of host-wide results (slab, sockstat's global counters)
 
@@ -39,6 +43,7 @@ class Snapshot:
     duration_seconds: float
     namespaces: tuple[NamespaceInfo, ...] = ()
     poll_overruns: int = 0
+    events: EventsSnapshot | None = None  # None: --no-events, or not serving
 
     def successful(self, source: str) -> list[SourceResult]:
         return [r for r in self.results if r.source == source and r.ok]

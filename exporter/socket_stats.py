@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from exporter.buckets import BucketOptions, BucketTally
+from exporter.buckets import BucketOptions, BucketTally, Classifier
 from exporter.capacity import PortPolicy, PortUsage, summarize
 from exporter.sources.inet_diag import (
     FAMILIES,
@@ -38,6 +38,9 @@ class SocketStats:
     scope: str = ""
     # False when sockstat showed no TCP socket at all and the dump was skipped.
     dumped: bool = True
+    # The inbound/outbound rule of this dump (listeners, port range), for the
+    # socket-destroy events; None without the port range.
+    classifier: Classifier | None = None
 
 
 class SocketTally:
@@ -72,7 +75,12 @@ class SocketTally:
         if self._buckets is not None and self._policy is not None:
             ports = summarize(self._buckets, self._policy, self._options)
         return SocketStats(
-            states=states, missing_families=missing, ports=ports, scope=scope, dumped=dumped
+            states=states,
+            missing_families=missing,
+            ports=ports,
+            scope=scope,
+            dumped=dumped,
+            classifier=self._buckets.classifier() if self._buckets is not None else None,
         )
 
 

@@ -30,6 +30,8 @@ HORIZON_SECONDS = 3600
 PREDICTION_FLOOR = 0.5
 # TIME-WAIT sockets / tcp_max_tw_buckets.
 TW_BUCKETS_WARNING = 0.8
+# Connections closed per second / the sustainable rate (capacity / 60 s).
+RATE_WARNING = 0.8
 # Stale: the last poll is older than this many poll intervals (what /readyz checks).
 STALE_INTERVALS = 3
 
@@ -132,6 +134,22 @@ def ports(config: MixinConfig) -> list[dict[str, Any]]:
             f"{DESTINATION} in {WHERE} will hold {PERCENT} of the local ports connect() may "
             "pick in an hour (more than half are held now); at 100% connect() to that "
             "destination fails with EADDRNOTAVAIL.",
+        )
+    )
+    rules.append(
+        alert(
+            config,
+            "TcpConnectionRateNearSustainable",
+            f"{sel(config, recording.OUTBOUND_RATE_RATIO)} >= {RATE_WARNING}",
+            "warning",
+            d.exhaustion,
+            f"New connections {DESTINATION} at {PERCENT} of the sustainable rate in {WHERE}",
+            f"Connections {DESTINATION} in {WHERE} close at {PERCENT} of the rate its ports "
+            "sustain (capacity / 60 s: each closed connection holds its local port in "
+            "TIME-WAIT for 60 s), over 5m (method {{ $labels.method }}: events counts the "
+            "kernel's socket-destroy events, timewait estimates TIME-WAIT sockets / 60 where "
+            "events are unavailable). Above 100% the bucket's ports run out and connect() "
+            "fails with EADDRNOTAVAIL.",
         )
     )
     for severity, threshold in (("warning", WARNING), ("critical", CRITICAL)):

@@ -30,6 +30,15 @@ TW_RECYCLED_RATE = "tcptw:tcpext_tw_recycled:rate5m"
 POLL_AGE = "tcptw:poll_age:seconds"
 POLL_AGE_INTERVALS = "tcptw:poll_age:intervals"
 
+# Connections closed per second per outbound bucket (`other` left out): from the
+# socket-destroy counters where the namespace has them (method="events"), else estimated
+# as TIME-WAIT sockets / 60 s (method="timewait", Little's law at steady state).
+OUTBOUND_CLOSE_RATE = "tcptw:outbound_connections_closed:rate5m"
+# That rate / the sustainable one (the namespace's per-destination capacity / 60 s), per
+# bucket, pod labels joined; buckets that tcp_tw_reuse covers are left out (their
+# TIME-WAIT does not hold ports, so capacity / 60 is no limit).
+OUTBOUND_RATE_RATIO = "tcptw:outbound_connection_rate_sustainable:ratio"
+
 # The window of the *:rate5m rules; their names say it, so it is not configurable.
 RATE_WINDOW = "5m"
 
@@ -42,7 +51,10 @@ NAMES = (
     TW_RECYCLED_RATE,
     POLL_AGE,
     POLL_AGE_INTERVALS,
+    OUTBOUND_CLOSE_RATE,
+    OUTBOUND_RATE_RATIO,
 )
+LOOPBACK = '"127\\\\..+|::1"'  # tcp_tw_reuse=2 covers buckets with a loopback end
 
 NETNS = ("instance", "job", "netns")
 BUCKET = (*NETNS, "local_addr", "remote_addr", "remote_port")
@@ -154,4 +166,53 @@ def groups(config: MixinConfig) -> list[dict[str, Any]]:
             f"({sel(config, 'tcptw_poll_interval_seconds')})",
         },
     ]
+    rules += connection_rate(config)
     return [{"name": "timewait-exporter.recording", "rules": rules}]
+
+
+def reuse_covers(config: MixinConfig, value: int) -> str:
+    """Namespaces where tcp_tw_reuse is `value` and timestamps are on."""
+    ns = ("instance", "job", "netns")
+    return (
+        f"(max {by(config, *ns)} ({sel(config, 'tcptw_sysctl_tcp_tw_reuse')} == {value})\n"
+        f"  and {on(config, *ns)} max {by(config, *ns)} "
+        f"({sel(config, 'tcptw_sysctl_tcp_timestamps')} == 1))"
+    )
+
+
+def connection_rate(config: MixinConfig) -> list[dict[str, Any]]:
+    rate = f"[{RATE_WINDOW}]"
+    other = 'remote_addr!="other"'
+    ns = ("instance", "job", "netns")
+    events = (
+        f"label_replace(\n  sum {by(config, *BUCKET)} "
+        f"(rate({sel(config, 'tcptw_outbound_connections_closed_total', other)}{rate})),\n"
+        '  "method", "events", "", ""\n)'
+    )
+    estimate = (
+        f"label_replace(\n  sum {by(config, *BUCKET)} "
+        f"({sel(config, 'tcptw_outbound_timewait_sockets', other)}) / 60\n"
+        f"  unless {on(config, *ns)} "
+        f"max {by(config, *ns)} ({sel(config, 'tcptw_socket_events_up')} == 1),\n"
+        '  "method", "timewait", "", ""\n)'
+    )
+    closes = sel(config, OUTBOUND_CLOSE_RATE)
+    near_loop = (
+        f"{sel(config, OUTBOUND_CLOSE_RATE, f'local_addr=~{LOOPBACK}')} "
+        f"or {sel(config, OUTBOUND_CLOSE_RATE, f'remote_addr=~{LOOPBACK}')}"
+    )
+    limited = (
+        f"(\n  ({closes}\n  unless {on(config, *ns)} {reuse_covers(config, 1)})\n"
+        f"  unless (({near_loop}) and {on(config, *ns)} {reuse_covers(config, 2)})\n)"
+    )
+    capacity = f"max {by(config, *ns)} ({sel(config, 'tcptw_outbound_bucket_capacity')} > 0)"
+    return [
+        {"record": OUTBOUND_CLOSE_RATE, "expr": f"{events}\nor\n{estimate}"},
+        {
+            "record": OUTBOUND_RATE_RATIO,
+            "expr": with_pod(
+                config,
+                f"60 * {limited}\n/ {on(config, *ns)} group_left\n  {capacity}",
+            ),
+        },
+    ]

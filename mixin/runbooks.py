@@ -181,6 +181,41 @@ many ports all sockets hold, including those bound before `connect()`.
     )
 
 
+def connection_rate(config: MixinConfig) -> tuple[str, str, str]:
+    return (
+        f"""
+Connections toward one outbound bucket (`local_addr`, `remote_addr`, `remote_port` of the
+alert) close at {alerts.RATE_WARNING:.0%} or more of the rate its ports can sustain. Each
+closed connection holds its local port in TIME-WAIT for 60 s (`TCP_TIMEWAIT_LEN`), so a
+bucket with `capacity` usable ports sustains `capacity / 60` connections a second: about
+470/s with the default range. Above that, its ports run out and `connect()` fails with
+`EADDRNOTAVAIL`. This alert comes before `TcpEphemeralPortExhaustion`: it sees the rate,
+not the ports already held.
+
+The rate is `rate(tcptw_outbound_connections_closed_total[5m])`, exact counts from the
+kernel's socket-destroy events (`method="events"`); where a namespace has no events
+(`--no-events`, or a kernel that refuses them), it is estimated as the bucket's TIME-WAIT
+sockets / 60 (`method="timewait"`), which is only right at steady state. Buckets that
+`tcp_tw_reuse` covers (1, or 2 with a loopback end, timestamps on) are left out: their
+TIME-WAIT ports can be taken over, so capacity / 60 is no limit for them.
+""",
+        """
+```sh
+# connections closing toward the destination: watch the count of TIME-WAIT sockets
+ss -Htan state time-wait '( dst <remote_addr> and dport = :<remote_port> )' | wc -l
+# every socket destroyed, as the exporter sees them (Ctrl-C to stop)
+ss -Etn '( dst <remote_addr> and dport = :<remote_port> )'
+sysctl net.ipv4.ip_local_port_range net.ipv4.ip_local_reserved_ports \\
+  net.ipv4.tcp_tw_reuse net.ipv4.tcp_timestamps
+```
+
+In Prometheus: `tcptw:outbound_connections_closed:rate5m` of the bucket against
+`tcptw_outbound_bucket_capacity / 60` of its namespace (the node dashboard plots both).
+""",
+        "\n".join([POOLING, REUSE, WIDEN, MORE_DESTINATIONS, NOT_RECYCLE, NOT_FIN_TIMEOUT]),
+    )
+
+
 def predicted(config: MixinConfig) -> tuple[str, str, str]:
     return (
         f"""
@@ -476,6 +511,7 @@ hash: each of their dumps walks the node's whole table.
 PAGES: dict[str, Callable[[MixinConfig], tuple[str, str, str]]] = {
     "TcpEphemeralPortExhaustion": exhaustion,
     "TcpEphemeralPortExhaustionPredicted": predicted,
+    "TcpConnectionRateNearSustainable": connection_rate,
     "TcpEphemeralPortRangeExhaustion": range_exhaustion,
     "TcpTimeWaitOverflow": tw_overflow,
     "TcpTimeWaitNearMaxBuckets": tw_near_max,

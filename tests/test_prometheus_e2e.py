@@ -269,6 +269,25 @@ def test_exhaustion_fires_dashboards_have_data_and_a_hung_poll_goes_stale(
         assert (alert["remote_addr"], alert["remote_port"]) == ("127.0.0.2", "8080")
         assert alert["local_addr"] == "127.0.0.1"
 
+        # The socket-destroy counter holds every connection the client made and closed
+        # (its ports now sit in TIME-WAIT), and the rate alert read it (method="events").
+        bucket = '{remote_addr="127.0.0.2", remote_port="8080"}'
+
+        def counted() -> bool:
+            found = s.query(f"sum(tcptw_outbound_connections_closed_total{bucket})")
+            return bool(found) and float(found[0]["value"][1]) == client.connected
+
+        s.wait_for("the client's closes counted exactly", counted, 30)
+        # What the rate alert compares. Its firing is proven by promtool
+        # (deploy/prometheus/alerts_test.yml), not here: rate() over the rules' 5m window
+        # divides by the whole 5 minutes, so a minute of load cannot reach 80 %.
+        ratio = s.wait_for(
+            "the sustainable-rate ratio from the counters",
+            lambda: s.query(f"tcptw:outbound_connection_rate_sustainable:ratio{bucket} > 0"),
+            30,
+        )
+        assert ratio[0]["metric"]["method"] == "events"
+
         missing = []
         values = {
             "job": "timewait-exporter",

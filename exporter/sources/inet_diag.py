@@ -277,6 +277,13 @@ def decode_batch(
     if data.size and int(header[: data.size, 0].min()) < MIN_RECORD:
         raise DiagProtocolError(f"inet_diag record shorter than {MIN_RECORD} bytes")
     interrupted = bool(np.any(flags & NLM_F_DUMP_INTR))
+    return decode_at(buf, length, data), BatchEnd(done=done, interrupted=interrupted)
+
+
+def decode_at(buf: memoryview, length: int, data: npt.NDArray[np.int64]) -> Batch:
+    """The inet_diag_msg records starting at offsets `data` of buf[:length], checked to
+    be whole records by the caller. Also decodes the socket-destroy events
+    (exporter/events.py), which arrive one record per message."""
     # Gather the 10 words at record offsets 16..56 (family, state, timer, retrans, sport,
     # dport, src[4], dst[4]); records start 4-byte aligned (NLMSG_ALIGN).
     words = np.frombuffer(buf, dtype="<u4", count=length // 4)
@@ -291,7 +298,7 @@ def decode_batch(
         src=fields[:, 2:6],
         dst=fields[:, 6:10],
     )
-    return batch, BatchEnd(done=done, interrupted=interrupted)
+    return batch
 
 
 def _strerror(errno_value: int) -> str:

@@ -26,6 +26,8 @@ from mixin.recording import (
     EPHEMERAL_IN_USE_RATIO,
     NETNS_MAX_RATIO,
     OUTBOUND_BUCKET_RATIO,
+    OUTBOUND_CLOSE_RATE,
+    OUTBOUND_RATE_RATIO,
     POLL_AGE,
     POLL_AGE_INTERVALS,
     TIMEWAIT_BY_DIRECTION,
@@ -34,6 +36,7 @@ from mixin.recording import (
 )
 
 UID = "timewait-fleet"
+BUCKET_LABELS = ("instance", "netns", "local_addr", "remote_addr", "remote_port")
 POD_LABELS = ("instance", "netns", "k8s_namespace_name", "k8s_pod_name")
 BUCKET = ("local_addr", "remote_addr", "remote_port")
 TW_REUSE = {"0": ("off", "orange"), "1": ("on", "green"), "2": ("loopback only", "orange")}
@@ -205,6 +208,39 @@ def _timewait(c: MixinConfig) -> list[Any]:
                 )
             ],
             Look(unit="cps", width=12),
+        ),
+        graph(
+            "Connections closed per second",
+            "Outbound connections closed per second per node (5-minute rate), counted from the "
+            "kernel's socket-destroy events, or estimated as TIME-WAIT sockets / 60 where a "
+            "namespace has no events (method timewait). Each holds its local port 60 s: "
+            "churn toward few destinations is what exhausts ports; pool connections.",
+            [
+                Target(
+                    f"sum {by(c, 'instance', 'method')} "
+                    f"({sel(c, OUTBOUND_CLOSE_RATE, netns=True)})",
+                    legend(c, "{{instance}} {{method}}"),
+                )
+            ],
+            Look(unit="cps", width=12),
+        ),
+        graph(
+            "Connection rate vs sustainable, worst destinations",
+            "The 10 outbound buckets closest to the rate their ports sustain: connections "
+            "closed per second over capacity / 60 s (buckets tcp_tw_reuse covers left out). "
+            "At 1.0 the bucket's ports run out in TIME-WAIT and connect() fails with "
+            "EADDRNOTAVAIL; the alert fires at 0.8.",
+            [
+                Target(
+                    f"topk(10, max {by(c, *BUCKET_LABELS)} "
+                    f"({sel(c, OUTBOUND_RATE_RATIO, netns=True)}))",
+                    legend(
+                        c,
+                        "{{instance}} {{netns}} {{local_addr}} -> {{remote_addr}}:{{remote_port}}",
+                    ),
+                )
+            ],
+            Look(unit="percentunit", steps=RATIO_STEPS, threshold_lines=True, width=12),
         ),
     ]
 

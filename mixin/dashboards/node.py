@@ -21,7 +21,7 @@ from mixin.dashboards.common import (
     sel,
 )
 from mixin.dashboards.fleet import TIMESTAMPS, TW_REUSE, WIDTH_STEPS
-from mixin.recording import NETNS_MAX_RATIO, POLL_AGE
+from mixin.recording import NETNS_MAX_RATIO, OUTBOUND_CLOSE_RATE, POLL_AGE
 
 UID = "timewait-node"
 OUTBOUND = ("instance", "netns", "local_addr", "remote_addr", "remote_port")
@@ -50,6 +50,7 @@ def _outbound(c: MixinConfig) -> list[Any]:
     timewait = f"max {k} ({sel(c, 'tcptw_outbound_timewait_sockets', NOT_OTHER, netns=True)})"
     top = f"topk(20, {used})"
     top10 = f"topk(10, {used})"
+    closes = f"max {by(c, *OUTBOUND, 'method')} ({sel(c, OUTBOUND_CLOSE_RATE, netns=True)})"
     netns = by(c, "instance", "netns")
     return [
         graph(
@@ -102,6 +103,30 @@ def _outbound(c: MixinConfig) -> list[Any]:
                 ),
             ],
             Look(dashed="/ capacity$/", width=24, height=9),
+        ),
+        graph(
+            "Connections closed per second vs sustainable",
+            "The 10 outbound buckets closing the most connections a second (over 5m), "
+            "counted exactly from the kernel's socket-destroy events (method events), or "
+            "estimated as TIME-WAIT sockets / 60 where the exporter has no events (method "
+            "timewait), against what their namespace sustains toward one destination, "
+            "dashed: capacity / 60 s, since each closed connection holds its port 60 s in "
+            "TIME-WAIT. A rate line above its sustainable line exhausts the ports unless "
+            "tcp_tw_reuse covers the bucket; the alert fires at 80 %.",
+            [
+                Target(
+                    f"topk(10, {closes})",
+                    legend(
+                        c,
+                        "{{netns}} {{local_addr}} -> {{remote_addr}}:{{remote_port}} ({{method}})",
+                    ),
+                ),
+                Target(
+                    f"max {netns} ({sel(c, 'tcptw_outbound_bucket_capacity', netns=True)}) / 60",
+                    legend(c, "{{netns}} sustainable"),
+                ),
+            ],
+            Look(unit="reqps", dashed="/ sustainable$/", width=24, height=9),
         ),
         grid(
             c,
