@@ -171,12 +171,16 @@ class _Runs:
 @dataclass(frozen=True, slots=True)
 class Classifier:
     """Which sockets are outbound: the local port lies in ip_local_port_range and no
-    listener owns it on the same or a wildcard address. Everything else is inbound."""
+    listener owns it on the same or a wildcard address. Everything else is inbound.
+
+    A compact copy of a dump's listener set, kept between polls for the socket-destroy
+    events (exporter/events.py): sorted port arrays, not BucketTally's 64 KiB per-port
+    tables, so that hundreds of namespaces cost kilobytes."""
 
     low: int
     high: int
-    listen_port: npt.NDArray[np.bool_]  # per port: some listener holds it
-    wildcard_port: npt.NDArray[np.bool_]  # per port: a listener on 0.0.0.0 or ::
+    listen_ports: npt.NDArray[np.uint16]  # sorted: ports some listener holds
+    wildcard_ports: npt.NDArray[np.uint16]  # sorted: ports of listeners on 0.0.0.0 or ::
     listen_v4: npt.NDArray[np.uint64]  # addr << 16 | port of address-specific listeners
     listen_v6: npt.NDArray[np.void]  # addr (16 bytes), port (2)
 
@@ -185,31 +189,32 @@ class Classifier:
     ) -> npt.NDArray[np.bool_]:
         sport = batch.sport
         in_range = (sport >= self.low) & (sport <= self.high)
-        # A socket on a port a listener owns (wildcard, or the same address) is inbound:
-        # its port is the listener's, not an ephemeral one.
-        outbound: npt.NDArray[np.bool_] = in_range & ~self.wildcard_port[sport]
-        suspects = np.flatnonzero(outbound & self.listen_port[sport])
+        outbound: npt.NDArray[np.bool_] = in_range & ~np.isin(sport, self.wildcard_ports)
+        suspects = np.flatnonzero(outbound & np.isin(sport, self.listen_ports))
         if suspects.size:
-            outbound[suspects[self._owned(batch, v4, local4, suspects)]] = False
+            owned = _owned(batch, v4, local4, suspects, self.listen_v4, self.listen_v6)
+            outbound[suspects[owned]] = False
         return outbound
 
-    def _owned(
-        self,
-        batch: Batch,
-        v4: npt.NDArray[np.bool_],
-        local4: npt.NDArray[np.uint32],
-        rows: npt.NDArray[np.intp],
-    ) -> npt.NDArray[np.bool_]:
-        """Which of `rows` sit on a port a listener bound on the same local address."""
-        owned = np.zeros(rows.size, dtype=bool)
-        is4 = v4[rows]
-        if is4.any():
-            keys = _listen_key_v4(local4[rows[is4]], batch.sport[rows[is4]])
-            owned[is4] = np.isin(keys, self.listen_v4)
-        if not is4.all():
-            six = rows[~is4]
-            owned[~is4] = np.isin(_listen_key_v6(batch.src[six], batch.sport[six]), self.listen_v6)
-        return owned
+
+def _owned(
+    batch: Batch,
+    v4: npt.NDArray[np.bool_],
+    local4: npt.NDArray[np.uint32],
+    rows: npt.NDArray[np.intp],
+    listen_v4: npt.NDArray[np.uint64],
+    listen_v6: npt.NDArray[np.void],
+) -> npt.NDArray[np.bool_]:
+    """Which of `rows` sit on a port a listener bound on the same local address."""
+    owned = np.zeros(rows.size, dtype=bool)
+    is4 = v4[rows]
+    if is4.any():
+        keys = _listen_key_v4(local4[rows[is4]], batch.sport[rows[is4]])
+        owned[is4] = np.isin(keys, listen_v4)
+    if not is4.all():
+        six = rows[~is4]
+        owned[~is4] = np.isin(_listen_key_v6(batch.src[six], batch.sport[six]), listen_v6)
+    return owned
 
 
 class BucketTally:
@@ -252,7 +257,14 @@ class BucketTally:
         in_range = (sport >= self.low) & (sport <= self.high)
         self.port_used[sport[in_range]] = True
         v4, local4, remote4 = _canonical(batch)
-        outbound = self.classifier().outbound(batch, v4, local4)
+        # A socket on a port a listener owns (wildcard, or the same address) is inbound:
+        # its port is the listener's, not an ephemeral one. (The rule of Classifier, on
+        # per-port tables: this runs for every batch of a dump.)
+        outbound = in_range & ~self.wildcard_port[sport]
+        suspects = np.flatnonzero(outbound & self.listen_port[sport])
+        if suspects.size:
+            owned = _owned(batch, v4, local4, suspects, self._listen_v4, self._listen_v6)
+            outbound[suspects[owned]] = False
         inbound = ~outbound
         if self._inbound_port_ok is not None:
             inbound &= self._inbound_port_ok[sport]
@@ -286,11 +298,13 @@ class BucketTally:
 
     def classifier(self) -> Classifier:
         """The namespace's inbound/outbound rule as this dump established it (listeners
-        are dumped first). The arrays are shared, not copied: once the dump is over
-        nothing writes them, and the socket-destroy events (exporter/events.py) classify
-        with the last poll's classifier."""
+        are dumped first), for the socket-destroy events (exporter/events.py), which
+        classify with the last poll's. listen_v4/v6 are shared: union1d replaces them,
+        nothing writes them in place."""
         return Classifier(
-            self.low, self.high, self.listen_port, self.wildcard_port,
+            self.low, self.high,
+            np.flatnonzero(self.listen_port).astype(np.uint16),
+            np.flatnonzero(self.wildcard_port).astype(np.uint16),
             self._listen_v4, self._listen_v6,
         )  # fmt: skip
 
@@ -461,7 +475,13 @@ def _wide_buckets(runs: SortedRuns) -> Buckets:
     counts = _counts((keys, run_counts))
     raw = keys.view(np.uint8).reshape(-1, 12)
     rest = raw[:, 4:].copy().view(">u8").ravel().astype(np.uint64)
-    first, sockets, timewait = _fold_timewait(keys, counts, rest & _U64(1), prefix=11)
+    # The TIME-WAIT bit is the key's last bit, not its last byte (which also holds the low
+    # bits of the port): compare whole keys with that bit cleared.
+    bucket_bytes = raw.copy()
+    bucket_bytes[:, 11] &= 0xFE
+    first, sockets, timewait = _fold_timewait(
+        bucket_bytes.view("V12").ravel(), counts, rest & _U64(1), prefix=12
+    )
     local = raw[first, :4].copy().view(">u4").ravel().astype(np.uint32)
     bucket = rest[first]
     remote = ((bucket >> _U64(_REMOTE_SHIFT)) & _U64(0xFFFFFFFF)).astype(np.uint32)

@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="count connections closed per bucket from the kernel's socket-destroy "
-        "events (serve only; default on where the kernel allows; needs sockdiag)",
+        "events (serve and report; default on where the kernel allows; needs sockdiag)",
     )
     poll.add_argument(
         "--netns",
@@ -303,8 +303,8 @@ def report(config: Config, window: float, fmt: str, fail_on: float | None) -> in
     reaches --fail-on, 1 when no source at all could be read, else 0."""
     from exporter.report import engine, render_json, render_text
 
-    first, second = engine.observe(config, window)
-    result = engine.build(first, second, fail_on)
+    first, second, events = engine.observe(config, window)
+    result = engine.build(first, second, fail_on, events)
     if fmt == "json":
         text = render_json.render(result)
     else:

@@ -24,7 +24,7 @@ class Config:
     netstat_fields: re.Pattern[str] = field(default_factory=lambda: re.compile(".*"))
     poll_interval: float = 15.0
     poll_workers: int = 2
-    events: bool = True  # socket-destroy events (serve only: Poller(events=True))
+    events: bool = True  # socket-destroy events (serve and report; never dump)
     listen_address: str = ":9961"
     telemetry_path: str = "/metrics"
     web_config_file: Path | None = None  # exporter-toolkit web config (TLS, basic auth)

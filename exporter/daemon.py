@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import functools
 import os
@@ -32,6 +33,25 @@ from exporter.webreload import WebReloader, load_web
 log = structlog.get_logger("timewait_exporter.daemon")
 T = TypeVar("T")
 STALE_INTERVALS = 3  # /readyz fails once the last poll is this many intervals old
+
+
+def _malloc_trim() -> Callable[[], object]:
+    """glibc's malloc_trim(0), or nothing where there is none (musl)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return functools.partial(trim, 0)
+
+
+# A poll runs in fresh threads (the poll thread, its workers, a receiver per large dump),
+# and glibc gives each new thread one of its malloc arenas. free() shrinks an arena's heap
+# only from its top, so each arena keeps the high-water mark of the poll work it happened
+# to get, and RSS ratchets up in steps as namespaces and sockets come and go (measured in
+# docs/benchmarks.md, soak). malloc_trim(0) returns the whole free pages of every arena
+# (madvise MADV_DONTNEED; mtrim in glibc's malloc/malloc.c); memory in use is untouched.
+release_free_memory = _malloc_trim()
 
 
 class StartupError(Exception):
@@ -101,6 +121,7 @@ async def poll_forever(
         collector.update(dataclasses.replace(snapshot, poll_overruns=overruns))
         if exposition is not None:
             exposition.refresh()
+        release_free_memory()
 
     while True:
         started = time.monotonic()

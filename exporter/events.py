@@ -227,9 +227,10 @@ _OFFSETS = np.arange(SLOTS, dtype=np.int64) * SLOT
 
 
 class _Bucket:
-    __slots__ = ("base", "exposed", "inside", "score", "seen", "shown", "stamp")
+    __slots__ = ("base", "exposed", "inside", "score", "seen", "shown", "stamp", "total")
 
     def __init__(self, now: float, inside: bool) -> None:
+        self.total = 0  # every close counted, top K or not (`report` reads it)
         self.shown = 0  # the exported counter: increments made while in the top K
         self.inside = inside
         # Entering the top K, a series is first exposed at `base` (its value when it
@@ -250,6 +251,7 @@ class _Direction:
     outbound: bool
     buckets: dict[bytes, _Bucket] = field(default_factory=dict)
     other: int = 0  # increments of buckets while outside the top K (and untracked ones)
+    uncounted: int = 0  # closes in no bucket's total: beyond MAX_BUCKETS, or forgotten idle
 
 
 @dataclass
@@ -284,6 +286,18 @@ class EventRow:
     # outbound: (remote_addr, remote_port); inbound: (local_port, remote_addr)
     port_or_remote: tuple[str, str]
     value: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundTotals:
+    """One namespace's connections closed per outbound bucket since its listener was
+    opened, every bucket, whatever the top K (`EventTable.outbound_totals`, for
+    `report`)."""
+
+    netns: str
+    listener: int  # the listener's inode: another one means the counting started over
+    closed: dict[tuple[str, str, str], int]  # (local_addr, remote_addr, remote_port) → closes
+    uncounted: int  # closes in no bucket's total (beyond MAX_BUCKETS, or forgotten idle)
 
 
 @dataclass(frozen=True, slots=True)
@@ -527,12 +541,14 @@ class EventTable:
                 if bucket is None:
                     if len(buckets) >= MAX_BUCKETS:
                         direction.other += count
+                        direction.uncounted += count
                         continue
                     # A free place in the node's top K is taken at once, so a burst
                     # toward a new destination is counted in its own series.
                     inside = self._inside[direction.outbound] < self.top
                     bucket = buckets[raw] = _Bucket(now, inside)
                     self._inside[direction.outbound] += inside
+                bucket.total += count
                 if bucket.inside:
                     bucket.shown += count
                 else:
@@ -554,7 +570,9 @@ class EventTable:
                 for direction in (ns.outbound, ns.inbound):
                     idle = [k for k, b in direction.buckets.items() if now - b.seen > IDLE_EVICT]
                     for k in idle:
-                        self._leave(direction, direction.buckets.pop(k))
+                        gone = direction.buckets.pop(k)
+                        direction.uncounted += gone.total
+                        self._leave(direction, gone)
             rows: list[tuple[EventRow, ...]] = []
             for outbound in (True, False):
                 ranked: list[tuple[float, bool, str, bytes, _Bucket]] = []
@@ -593,6 +611,28 @@ class EventTable:
                 up=tuple(sorted(up)),
                 counted=tuple((ns.label, ns.counted) for ns in namespaces),
             )
+
+    def outbound_totals(self) -> dict[str, OutboundTotals]:
+        """Read-only, per namespace label with a listener: every outbound bucket's total
+        (unlike `snapshot`, neither ranks nor evicts anything)."""
+        with self.lock:
+            return {
+                ns.label: OutboundTotals(
+                    ns.label,
+                    ns.sock.inode,
+                    {
+                        key_labels(raw, True, self.options): bucket.total
+                        for raw, bucket in ns.outbound.buckets.items()
+                    },
+                    ns.outbound.uncounted,
+                )
+                for ns in self._namespaces.values()
+            }
+
+    def unavailable(self) -> dict[str, str]:
+        """Read-only: namespace label → why it has no listener (as the poll last saw)."""
+        with self.lock:
+            return dict(self._unavailable.values())
 
     def _leave(self, direction: _Direction, bucket: _Bucket) -> None:
         """A bucket leaves the top K (or memory): its series ends at its last exposed

@@ -15,7 +15,8 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from exporter.config import Config
 from exporter.poller import Poller
 from exporter.report import engine, render_json
 from tests.conftest import FIXTURES, TREES
-from tests.kernel import Netns, server_closes_first, time_wait_pairs
+from tests.kernel import Netns, server_closes_first, time_wait_pairs, wait_until
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "docs" / "report.schema.json").read_text())
 GOLDEN = FIXTURES / "golden" / "report-scenario.txt"
@@ -94,8 +95,112 @@ def test_default_namespace_has_no_finding(netns: Netns) -> None:
     assert ns["port_range"]["available"] == 28232
     (b,) = ns["outbound"]
     assert b["destination"] == "127.0.0.1:8080" and b["timewait"] == 20
-    assert b["rate_now"] == pytest.approx(20 / 60)
+    # Counted: nothing closed during the window, whatever TIME-WAIT still holds.
+    assert ns["rate_method"] == b["rate_method"] == "events" and ns["rate_method_reason"] == ""
+    assert b["closed"] == 0 and b["rate_now"] == 0
     assert b["reuse_covers"] is True and b["limit"] is None  # 2 covers loopback
+    _, doc = report(netns, "--no-events")
+    (ns,) = doc["namespaces"]
+    (b,) = ns["outbound"]
+    assert ns["rate_method"] == b["rate_method"] == "timewait"
+    assert ns["rate_method_reason"] == "--no-events"
+    assert b["closed"] is None and b["rate_now"] == pytest.approx(20 / 60)
+
+
+# -- conn/s now: counted from the socket-destroy events, or estimated from TIME-WAIT -------
+
+EVENTS_WINDOW = 2.0
+
+
+def events_listening(netns: Netns) -> bool:
+    """A NETLINK_SOCK_DIAG socket (Eth 4) joined to both TCP destroy groups (1 and 3):
+    the report's first poll has opened its listener."""
+    for line in netns.read("net/netlink").splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 4 and fields[1] == "4" and int(fields[3], 16) & 0b101 == 0b101:
+            return True
+    return False
+
+
+def report_during(netns: Netns, make: Callable[[], None], *extra: str) -> dict[str, Any]:
+    """`report --window 2s` in a subprocess; `make` runs 0.3 s into its window (once its
+    events listener is open, unless --no-events) and must end before the second poll."""
+    argv = [sys.executable, "-m", "exporter", "report", "--window", f"{EVENTS_WINDOW}s",
+            "--format", "json", "--netns=self", *extra]  # fmt: skip
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", netns.name, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        if "--no-events" not in extra:
+            wait_until(lambda: events_listening(netns), 30, "the report's events listener")
+        time.sleep(0.3)
+        make()
+        done = time.time()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    doc: dict[str, Any] = json.loads(out)
+    validate(doc)
+    assert done < doc["generated_at"], "the connections ran past the window"
+    return doc
+
+
+def outbound(doc: dict[str, Any], destination: str) -> dict[str, Any]:
+    (ns,) = doc["namespaces"]
+    (b,) = [b for b in ns["outbound"] if b["destination"] == destination]
+    return b
+
+
+def test_rate_now_counted_from_events(netns: Netns) -> None:
+    listener = netns.listen("127.0.0.1", 8080)
+    doc = report_during(netns, lambda: time_wait_pairs(netns, listener, 120))
+    (ns,) = doc["namespaces"]
+    assert ns["rate_method"] == "events" and ns["rate_method_reason"] == ""
+    b = outbound(doc, "127.0.0.1:8080")
+    assert b["rate_method"] == "events"
+    assert b["closed"] == 120  # exactly the connections made, not TIME-WAIT / 60 (2.0)
+    assert b["timewait"] == 120
+    assert doc["window_seconds"] == pytest.approx(EVENTS_WINDOW, abs=0.1)
+    assert b["rate_now"] == pytest.approx(120 / doc["window_seconds"], rel=1e-3)
+    assert b["sentence"].startswith(
+        f"toward 127.0.0.1:8080: {b['rate_now']:.1f} conn/s now (counted)"
+    )
+
+
+def test_rate_now_estimated_with_no_events(netns: Netns) -> None:
+    listener = netns.listen("127.0.0.1", 8080)
+    doc = report_during(netns, lambda: time_wait_pairs(netns, listener, 120), "--no-events")
+    (ns,) = doc["namespaces"]
+    assert ns["rate_method"] == "timewait" and ns["rate_method_reason"] == "--no-events"
+    b = outbound(doc, "127.0.0.1:8080")
+    assert b["rate_method"] == "timewait" and b["closed"] is None
+    assert b["timewait"] == 120
+    assert b["rate_now"] == pytest.approx(120 / 60)
+    assert "2.0 conn/s now (estimated from TIME-WAIT)" in b["sentence"]
+
+
+def test_rate_now_counts_buckets_outside_the_events_top_k(netns: Netns) -> None:
+    """--buckets.top=1: the first destination closed toward takes the events' only top K
+    place, so the second one, the one the report prints, is exported only in `other`
+    when the second poll comes; its exact count comes from the internal totals."""
+    first = netns.listen("127.0.0.1", 8081)
+    second = netns.listen("127.0.0.1", 8082)
+
+    def make() -> None:
+        time_wait_pairs(netns, first, 10)
+        time_wait_pairs(netns, second, 60)
+
+    doc = report_during(netns, make, "--buckets.top=1")
+    (ns,) = doc["namespaces"]
+    (b,) = ns["outbound"]
+    assert b["destination"] == "127.0.0.1:8082"
+    assert b["rate_method"] == "events" and b["closed"] == 60
 
 
 # -- port-exhaustion, narrow-port-range, tw-reuse-off-for-clients -------------------------
@@ -115,7 +220,13 @@ def test_port_exhaustion_over_80_percent(netns: Netns) -> None:
     assert found["evidence"]["limit_per_second"] == pytest.approx((100 - 0) / 60, abs=0.01)
     assert code == 3 and doc["exit_code"] == 3  # --fail-on 0.8 reached
     (b,) = [b for b in doc["namespaces"][0]["outbound"] if b["remote_port"] == "8080"]
-    assert b["sentence"] == "toward 127.0.0.1:8080: 1.4 conn/s now, limit 1.7 conn/s"
+    # Counted: the 85 connections closed before the window.
+    assert b["sentence"] == "toward 127.0.0.1:8080: 0.0 conn/s now (counted), limit 1.7 conn/s"
+    _, doc = report(netns, "--no-events")
+    (b,) = [b for b in doc["namespaces"][0]["outbound"] if b["remote_port"] == "8080"]
+    assert b["sentence"] == (
+        "toward 127.0.0.1:8080: 1.4 conn/s now (estimated from TIME-WAIT), limit 1.7 conn/s"
+    )
 
 
 def test_port_exhaustion_absent_at_70_percent(netns: Netns) -> None:
@@ -382,7 +493,7 @@ def test_text_golden(netns: Netns) -> None:
     assert code == 0
     assert all(len(line) <= 100 for line in text.splitlines()), text
     assert "\033[" not in text  # not a terminal: no colour
-    assert "toward 127.0.0.1:8080: 1.4 conn/s now, limit 1.7 conn/s" in text
+    assert "toward 127.0.0.1:8080: 0.0 conn/s now (counted), limit 1.7 conn/s" in text
     masked = mask(text)
     if os.environ.get("UPDATE_GOLDEN") == "1":
         GOLDEN.write_text(masked)

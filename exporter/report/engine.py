@@ -8,13 +8,19 @@ import time
 from dataclasses import dataclass
 
 from exporter.config import Config
+from exporter.events import EventTable, OutboundTotals
 from exporter.poller import Poller
 from exporter.report.findings import all_findings
 from exporter.report.model import (
+    EVENTS,
+    NO_EVENTS,
     RATE_COUNTERS,
     TIME_WAIT_SECONDS,
+    TIMEWAIT,
     Bucket,
+    Closes,
     Direction,
+    Events,
     Finding,
     LocalPort,
     NamespaceView,
@@ -31,19 +37,41 @@ MILLION = 1_000_000
 REPORT_VERSION = 1
 
 
-def observe(config: Config, window: float) -> tuple[Snapshot, Snapshot]:
+def observe(config: Config, window: float) -> tuple[Snapshot, Snapshot, Events]:
     """Two polls of every selected namespace, the second `window` seconds after the
-    first one started (the counters' deltas over that time become rates)."""
-    poller = Poller(config)
+    first one started (the counters' deltas over that time become rates), and the
+    connections closed per outbound bucket in between, counted from the socket-destroy
+    events (unless --no-events): the first poll opens each namespace's listener, which
+    counts from then on, and the second one reads the totals."""
+    poller = Poller(config, events=config.events)
     try:
         first = poller.poll_once()
+        opened = poller.events.outbound_totals() if poller.events is not None else {}
         pause = first.started_at + window - time.time()
         if pause > 0:
             time.sleep(pause)
         second = poller.poll_once()
+        events = counted(config, poller.events, opened)
     finally:
         poller.close()
-    return first, second
+    return first, second, events
+
+
+def counted(config: Config, table: EventTable | None, opened: dict[str, OutboundTotals]) -> Events:
+    """The closes of each namespace whose listener counted since the first poll; the
+    others, and why they are estimated from TIME-WAIT instead."""
+    if table is None:
+        off = "--no-events" if not config.events else "the sockdiag collector is off"
+        return Events(reason=off)
+    closes: dict[str, Closes] = {}
+    unavailable = table.unavailable()
+    for label, totals in table.outbound_totals().items():
+        before = opened.get(label)
+        if before is None or before.listener != totals.listener:
+            unavailable[label] = "events listener opened after the first poll"
+            continue
+        closes[label] = Closes(totals.closed, complete=totals.uncounted == 0)
+    return Events(closes, unavailable, reason="no events listener (no successful socket dump)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +110,8 @@ class NamespaceReport:
     deltas: dict[str, int]
     outbound: tuple[Bucket, ...]
     inbound: tuple[LocalPort, ...]
+    rate_method: str  # how its buckets' rate_now was found: events, else timewait
+    rate_method_reason: str  # why timewait ("" with events)
 
     @property
     def has_sockets(self) -> bool:
@@ -125,7 +155,7 @@ def _port_range(view: NamespaceView) -> PortRange | None:
     )
 
 
-def namespace_report(view: NamespaceView) -> NamespaceReport:
+def namespace_report(view: NamespaceView, events: Events = NO_EVENTS) -> NamespaceReport:
     limit = view.sysctl("tcp_max_tw_buckets")
     rates = {c: r for c in RATE_COUNTERS if (r := view.rate(c)) is not None}
     deltas = {c: d for c in RATE_COUNTERS if (d := view.delta(c)) is not None}
@@ -144,6 +174,8 @@ def namespace_report(view: NamespaceView) -> NamespaceReport:
         deltas=deltas,
         outbound=tuple(buckets(view)),
         inbound=tuple(local_ports(view)),
+        rate_method=TIMEWAIT if view.closes is None else EVENTS,
+        rate_method_reason="" if view.closes is not None else events.why_not(view.label),
     )
 
 
@@ -155,8 +187,12 @@ def exit_code(namespaces: tuple[NamespaceReport, ...], fail_on: float | None) ->
     return 3 if hit else 0
 
 
-def build(first: Snapshot, second: Snapshot, fail_on: float | None = None) -> Report:
-    namespaces = tuple(namespace_report(v) for v in views(first, second))
+def build(
+    first: Snapshot, second: Snapshot, fail_on: float | None = None, events: Events = NO_EVENTS
+) -> Report:
+    """events: the closes counted during the window (observe); without them every rate
+    now is estimated from TIME-WAIT."""
+    namespaces = tuple(namespace_report(v, events) for v in views(first, second, events))
     slab = tuple(
         Slab(
             c.name,

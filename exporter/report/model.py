@@ -8,6 +8,11 @@ rate at which connections toward it were closed over the last minute, and the po
 bucket can still give out (its capacity minus its sockets that are not in TIME-WAIT)
 divided by 60 is the highest new-connection rate it can sustain when each closed
 connection holds its port for the whole 60 s.
+
+Where the namespace's socket-destroy listener (exporter/events.py) ran for the whole
+window, a bucket's rate now is exact instead: the connections toward it closed during the
+window, divided by the window (method "events"); elsewhere, the TIME-WAIT estimate
+(method "timewait").
 """
 
 from __future__ import annotations
@@ -41,6 +46,45 @@ RATE_COUNTERS = (
     "PAWSTimewait",
 )
 SEVERITIES = ("critical", "warning", "info")
+EVENTS = "events"  # rate now: closes counted from the socket-destroy events / window
+TIMEWAIT = "timewait"  # rate now: TIME-WAIT / 60 (Little's law)
+METHOD_TEXT = {EVENTS: "counted", TIMEWAIT: "estimated from TIME-WAIT"}
+
+
+@dataclass(frozen=True, slots=True)
+class Closes:
+    """One namespace's outbound connections closed during the window, per bucket, from
+    the socket-destroy events."""
+
+    closed: dict[tuple[str, str, str], int]  # (local_addr, remote_addr, remote_port) → n
+    # Every close is in a bucket's total: a bucket not listed closed none. Otherwise (more
+    # buckets than the listener tracks) an unlisted bucket's count is unknown.
+    complete: bool = True
+
+    def count(self, local_addr: str, remote_addr: str, remote_port: str) -> int | None:
+        n = self.closed.get((local_addr, remote_addr, remote_port))
+        if n is None and self.complete:
+            return 0
+        return n
+
+
+@dataclass(frozen=True, slots=True)
+class Events:
+    """What the events gave the report: per namespace label, its closes, or why it has
+    none (its rates are then estimated from TIME-WAIT)."""
+
+    closes: dict[str, Closes] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    reason: str = "no events given"  # for a namespace in neither
+
+    def why_not(self, label: str) -> str:
+        """Why the namespace's rates are estimated; empty when they are counted."""
+        if label in self.closes:
+            return ""
+        return self.unavailable.get(label, self.reason)
+
+
+NO_EVENTS = Events()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +100,7 @@ class NamespaceView:
     netstat: dict[str, int] | None = None
     netstat_before: dict[str, int] | None = None
     errors: tuple[str, ...] = ()
+    closes: Closes | None = None  # None: no events for the whole window
 
     def sysctl(self, name: str) -> float | None:
         return None if self.sysctls is None else self.sysctls.values.get(name)
@@ -122,10 +167,12 @@ class Bucket:
     reuse_covers: bool  # TIME-WAIT quadruplets can be taken over: they are not "used"
     used: int  # sockets, less TIME-WAIT ones when reuse covers the bucket
     ratio: float  # used / capacity; 1.0 when capacity is 0
-    rate_now: float  # closes per second toward it: TIME-WAIT / 60
+    rate_now: float  # closes per second toward it: counted / window, else TIME-WAIT / 60
     limit: float | None  # sustainable new connections per second; None when reuse covers
     growth: float | None  # change of `used` per second between the two polls
     exhaustion_seconds: float | None  # at that growth; 0 when full; None when not filling
+    rate_method: str = TIMEWAIT  # how rate_now was found: EVENTS or TIMEWAIT
+    closed: int | None = None  # connections closed toward it in the window (EVENTS only)
 
     @property
     def destination(self) -> str:
@@ -133,7 +180,7 @@ class Bucket:
         return f"{host}:{self.remote_port}"
 
     def sentence(self) -> str:
-        now = f"{rate_text(self.rate_now)} conn/s now"
+        now = f"{rate_text(self.rate_now)} conn/s now ({METHOD_TEXT[self.rate_method]})"
         if self.limit is None:
             return f"toward {self.destination}: {now}, no TIME-WAIT limit (tcp_tw_reuse covers it)"
         return f"toward {self.destination}: {now}, limit {rate_text(self.limit)} conn/s"
@@ -145,8 +192,14 @@ def rate_text(value: float) -> str:
 
 
 def bucket(
-    row: OutboundRow, policy: PortPolicy | None, before: int | None, window: float
+    row: OutboundRow,
+    policy: PortPolicy | None,
+    before: int | None,
+    window: float,
+    closed: int | None = None,
 ) -> Bucket:
+    """closed: the connections closed toward it during the window, counted (then the
+    rate now is closed / window), or None (TIME-WAIT / 60)."""
     covers = policy is not None and reuse_covers(policy, row.local_addr, row.remote_addr)
     used = row.sockets - row.timewait if covers else row.sockets
     ratio = used / row.capacity if row.capacity else 1.0
@@ -159,10 +212,13 @@ def bucket(
         exhaustion = 0.0
     elif growth is not None and growth > 0 and not covers:
         exhaustion = (row.capacity - used) / growth
+    if window <= 0:
+        closed = None
+    rate_now = row.timewait / TIME_WAIT_SECONDS if closed is None else closed / window
     return Bucket(
         row.local_addr, row.remote_addr, row.remote_port, row.sockets, row.timewait,
-        row.capacity, covers, used, ratio, row.timewait / TIME_WAIT_SECONDS, limit, growth,
-        exhaustion,
+        row.capacity, covers, used, ratio, rate_now, limit, growth, exhaustion,
+        TIMEWAIT if closed is None else EVENTS, closed,
     )  # fmt: skip
 
 
@@ -177,8 +233,15 @@ def buckets(view: NamespaceView) -> list[Bucket]:
             for r in view.stats_before.ports.outbound
         }
     policy = view.policy
+    closes = view.closes
     rows = [
-        bucket(r, policy, before.get((r.local_addr, r.remote_addr, r.remote_port), 0), view.window)
+        bucket(
+            r,
+            policy,
+            before.get((r.local_addr, r.remote_addr, r.remote_port), 0),
+            view.window,
+            closes.count(r.local_addr, r.remote_addr, r.remote_port) if closes else None,
+        )
         for r in view.stats.ports.outbound
     ]
     rows.sort(key=lambda b: (-b.ratio, -b.sockets, b.destination, b.local_addr))
@@ -261,7 +324,7 @@ def _data(snapshot: Snapshot, source: str) -> dict[str, object]:
     return {r.netns: r.data for r in snapshot.results if r.source == source and r.ok}
 
 
-def views(first: Snapshot, second: Snapshot) -> list[NamespaceView]:
+def views(first: Snapshot, second: Snapshot, events: Events = NO_EVENTS) -> list[NamespaceView]:
     """One view per namespace of the second poll, in label order."""
     window = max(0.0, second.started_at - first.started_at)
     sysctls, sockstat = _data(second, "sysctl"), _data(second, "sockstat")
@@ -287,6 +350,7 @@ def views(first: Snapshot, second: Snapshot) -> list[NamespaceView]:
                 netstat=_counters(netstat.get(label)),
                 netstat_before=_counters(netstat_before.get(label)),
                 errors=tuple(errors.get(label, ())),
+                closes=events.closes.get(label),
             )
         )
     return result

@@ -145,7 +145,10 @@ def _namespace(ns: NamespaceReport, style: Style) -> list[str]:
         lines.append("  outbound buckets (largest used/capacity first):")
         lines += table(rows, [False, False, True, False, True, True, True], "    ")
         for b in ns.outbound[:SHOWN_BUCKETS]:
-            lines.append(f"    {b.sentence()}"[:WIDTH])
+            lines += _wrap(b.sentence(), "    ")
+        if ns.rate_method_reason:
+            why = ns.rate_method_reason
+            lines += _wrap(f"(conn/s now estimated from TIME-WAIT: {why})", "    ")
         hidden = len(ns.outbound) - SHOWN_BUCKETS
         if hidden > 0:
             lines.append(f"    ... {hidden} more (--format json lists them)")
