@@ -1,5 +1,5 @@
 """Performance regression check at a modest size: the exporter's full poll must stay within
-2.5 x the kernel's dump cost measured in the same run (the median of the rounds' ratios, so
+3 x the kernel's dump cost measured in the same run (the median of the rounds' ratios, so
 machine speed and noise cancel). The full comparison with ss and node_exporter is
 `python -m benchmarks.run`.
 
@@ -8,7 +8,10 @@ against. The exporter now needs one walk for both families, and against that sin
 floor a 50,000-socket poll measured 1.8-3.0 x on this machine from one run to the next:
 at this size the poll's fixed cost (the slab and sysctl sources, the decode of the first
 and last batch) is a third of the kernel's, so that ratio says more about the machine's
-state than about a regression. The 1M-socket figures in docs/benchmarks.md use both."""
+state than about a regression. The 1M-socket figures in docs/benchmarks.md use both.
+Against floor-v2 the same code measured 1.7-1.8 x and, a few hours of namespace churn
+later, 1.8-2.5 x (an A/B run of the tree before and after that day's changes read the
+same), so the limit is 3 x: it still catches a poll that doubles."""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from benchmarks.load import loaded_namespace
 from benchmarks.run import measure
 
 SIZE = 50_000
-MAX_RATIO = 2.5
+MAX_RATIO = 3.0
 
 
 @pytest.mark.parametrize("load", ["buckets", "distinct-out"])  # 512 buckets; 50,000 buckets
