@@ -95,9 +95,10 @@ def read_sockdiag(poll: NetnsPoll) -> SocketStats:
     policy = poll.port_policy()
     # Without IPv6 in the kernel there is no sockstat6, and no AF_INET6 socket to count.
     missing = () if poll.context.has_net("sockstat6") else ("ipv6",)
+    classify = poll.context.events is not None  # the destroy events classify with it
     try:
         if poll.sockstat().no_tcp_socket:
-            return no_sockets(policy, options, missing)
+            return no_sockets(policy, options, missing, classify=classify)
     except SourceError:
         pass  # unknown: dump
     for attempt in (1, 2):
@@ -105,7 +106,9 @@ def read_sockdiag(poll: NetnsPoll) -> SocketStats:
         if diag is None:
             raise SourceError("no sock_diag socket for this namespace")
         try:
-            return collect_socket_stats(diag, poll.buffers, policy, options, missing)
+            return collect_socket_stats(
+                diag, poll.buffers, policy, options, missing, classify=classify
+            )
         except DumpInterrupted:
             poll.context.reopen_diag()
             if attempt == 2:

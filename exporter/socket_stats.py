@@ -64,7 +64,10 @@ class SocketTally:
         if self._buckets is not None:
             self._buckets.add(batch)
 
-    def result(self, missing: tuple[str, ...], scope: str = "", dumped: bool = True) -> SocketStats:
+    def result(
+        self, missing: tuple[str, ...], scope: str = "", dumped: bool = True, classify: bool = False
+    ) -> SocketStats:
+        """classify: also keep the dump's inbound/outbound rule (for the destroy events)."""
         states: dict[tuple[str, str], int] = {}
         for index, family in _FAMILY_BY_INDEX.items():
             if FAMILIES[family] in missing:
@@ -80,7 +83,7 @@ class SocketTally:
             ports=ports,
             scope=scope,
             dumped=dumped,
-            classifier=self._buckets.classifier() if self._buckets is not None else None,
+            classifier=self._buckets.classifier() if classify and self._buckets else None,
         )
 
 
@@ -103,21 +106,27 @@ def collect_socket_stats(
     policy: PortPolicy | None = None,
     options: BucketOptions | None = None,
     missing: tuple[str, ...] = (),
+    classify: bool = False,
 ) -> SocketStats:
     """Dump the namespace `diag` was opened in. DumpInterrupted (NLM_F_DUMP_INTR or
-    ENOBUFS) escapes; the caller redoes the dump once on a fresh socket."""
+    ENOBUFS) escapes; the caller redoes the dump once on a fresh socket. classify: keep
+    the listener set as a Classifier, only where destroy events use it."""
     options = options or BucketOptions()
     bytecode, scope = filter_for(policy, options)
     tally = SocketTally(policy, options)
     dump_all(diag, tally, buffers, bytecode)
-    return tally.result(missing, scope)
+    return tally.result(missing, scope, classify=classify)
 
 
 def no_sockets(
-    policy: PortPolicy | None, options: BucketOptions, missing: tuple[str, ...] = ()
+    policy: PortPolicy | None,
+    options: BucketOptions,
+    missing: tuple[str, ...] = (),
+    classify: bool = False,
 ) -> SocketStats:
     """The exact result of a dump that finds nothing: every state 0, no bucket."""
-    return SocketTally(policy, options).result(missing, filter_for(policy, options)[1], False)
+    scope = filter_for(policy, options)[1]
+    return SocketTally(policy, options).result(missing, scope, False, classify=classify)
 
 
 __all__ = ["DumpInterrupted", "SocketStats", "SocketTally", "collect_socket_stats", "no_sockets"]

@@ -241,6 +241,7 @@ class FakeContext:
     files: dict[str, str]
     opened: int = 0
     diag: DiagSocket | None = None
+    events: None = None  # no socket-destroy listener
 
     def __post_init__(self) -> None:
         self.reopen_diag()
