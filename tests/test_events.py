@@ -13,7 +13,10 @@ from contextlib import contextmanager
 
 import pytest
 
-from exporter.events import parse_drops
+from exporter.buckets import BucketOptions
+from exporter.config import Config
+from exporter.events import EventsSnapshot, parse_drops
+from exporter.poller import Poller
 from tests.exposition import samples, series
 from tests.kernel import Netns, wait_until
 from tests.serving import Daemon, running
@@ -123,29 +126,78 @@ def test_exact_counts_per_bucket(netns: Netns) -> None:
     assert all(v == 0 for k, v in after.items() if "other" in k)
 
 
+def _rows(snapshot: EventsSnapshot) -> dict[tuple[str, ...], int]:
+    out: dict[tuple[str, ...], int] = {}
+    for kind, rows in (("out", snapshot.outbound), ("in", snapshot.inbound)):
+        for row in rows:
+            out[(kind, row.netns, row.local_addr, *row.port_or_remote)] = row.value
+    return out
+
+
 def test_top_k_keeps_every_close_in_exactly_one_series(netns: Netns) -> None:
-    """With --buckets.top=3, 8 buckets per direction compete: series enter and leave the
-    top K, and the sum over every series, `other` included, is still every close."""
-    with (
-        _listeners(netns) as listeners,
-        running(f"--netns={netns.name}", "--poll.interval=0.2", "--buckets.top=3") as daemon,
-    ):
-        wait_until(lambda: ("lost",) in _counters(daemon, netns.name), what="events up")
-        total = 0
-        for round_ in range(3):
-            total += 2 * sum(_connections(netns, listeners, 5 + round_).values()) // 2
-            time.sleep(0.3)
+    """With a top K of 3, 8 buckets per direction compete and the hot ones change each
+    round: series leave the top K and come back. Following every exposition as
+    Prometheus does, each series only grows, and the sum of every series' increase since
+    its first sample, `other` included, is every close the kernel reported."""
+    options = BucketOptions(top=3)
+    poller = Poller(Config(netns=frozenset({netns.name}), buckets=options), events=True)
+    assert poller.events is not None
+    table = poller.events
+    pairs = [
+        (family, client, address)
+        for family, clients, destinations in PLAN
+        for client in clients
+        for address in destinations
+    ]
+    first: dict[tuple[str, ...], int] = {}
+    last: dict[tuple[str, ...], int] = {}
+    members: list[frozenset[tuple[str, ...]]] = []
 
-        def settled() -> bool:
-            now = _counters(daemon, netns.name)
-            return sum(v for k, v in now.items() if k[0] != "lost") >= total
+    def observe() -> None:
+        """Two polls, each exposition read (a bucket is first exposed at its base)."""
+        for _ in range(2):
+            events = poller.poll_once().events
+            assert events is not None
+            exposed = _rows(events)
+            for key, value in exposed.items():
+                first.setdefault(key, value)
+                assert value >= last.get(key, value), f"{key} went down"
+                last[key] = value
+        members.append(frozenset(k for k in exposed if k[0] == "out" and "other" not in k))
 
-        wait_until(settled, timeout=10, what="every close counted")
-        time.sleep(0.5)
-        after = _counters(daemon, netns.name)
-    assert sum(v for k, v in after.items() if k[0] != "lost") == total
-    assert len([k for k in after if k[0] == "out" and "other" not in k]) <= 3
-    assert after[("out", "other", "other", "other")] > 0
+    try:
+        with _listeners(netns) as listeners:
+            observe()  # the listener is registered: from here on every close is an event
+            made = 0
+            # Round by round, three pairs are hot; the first three come back in the last
+            # round, each time with enough closes to outrank the decayed scores.
+            for hot, count in (((0, 1, 2), 30), ((3, 4, 5), 60), ((0, 1, 2), 100)):
+                with netns.inside():
+                    for index, (family, client, address) in enumerate(pairs):
+                        for _ in range(count if index in hot else 1):
+                            sock = socket.socket(family, socket.SOCK_STREAM)
+                            sock.setsockopt(socket.IPPROTO_IP, 24, 1)  # IP_BIND_ADDRESS_NO_PORT
+                            sock.bind((client, 0))
+                            sock.connect(address)
+                            accepted, _ = listeners[address].accept()
+                            sock.close()
+                            accepted.close()
+                            made += 1
+                events = 2 * made
+                wait_until(
+                    lambda: sum(ns.counted for ns in table.namespaces()) >= events,  # noqa: B023
+                    what="every close read",
+                )
+                observe()
+            counted = sum(ns.counted for ns in table.namespaces())
+    finally:
+        poller.close()
+    assert counted == 2 * made
+    assert sum(last[k] - first[k] for k in last) == 2 * made
+    assert all(len(m) == 3 for m in members[1:])
+    # Pairs 0-2 were in the top K, left it in the second round and came back.
+    assert members[1] == members[3] != members[2]
+    assert last[("out", netns.name, "other", "other", "other")] > 0
 
 
 def test_events_lost_are_counted_and_the_daemon_keeps_serving(
