@@ -17,7 +17,7 @@ from typing import Any
 
 from mixin import recording
 from mixin.config import MixinConfig
-from mixin.recording import NETNS, RATE_WINDOW, by, on, sel, with_pod
+from mixin.recording import NETNS, by, on, sel, with_pod
 
 # Outbound utilisation thresholds (the dashboards use the same). Compared with >=: where
 # clients bind() before connect(), capacity is an upper bound (sock_diag cannot tell those
@@ -146,7 +146,8 @@ def ports(config: MixinConfig) -> list[dict[str, Any]]:
             f"New connections {DESTINATION} at {PERCENT} of the sustainable rate in {WHERE}",
             f"Connections {DESTINATION} in {WHERE} close at {PERCENT} of the rate its ports "
             "sustain (capacity / 60 s: each closed connection holds its local port in "
-            "TIME-WAIT for 60 s), over 5m (method {{ $labels.method }}: events counts the "
+            f"TIME-WAIT for 60 s), over {config.rate_window} "
+            "(method {{ $labels.method }}: events counts the "
             "kernel's socket-destroy events, timewait estimates TIME-WAIT sockets / 60 where "
             "events are unavailable). Above 100% the bucket's ports run out and connect() "
             "fails with EADDRNOTAVAIL.",
@@ -175,13 +176,13 @@ def ports(config: MixinConfig) -> list[dict[str, Any]]:
 def netns_rate(config: MixinConfig, metric: str) -> str:
     return with_pod(
         config,
-        f"sum {by(config, *NETNS)} (rate({sel(config, metric)}[{RATE_WINDOW}]))",
+        f"sum {by(config, *NETNS)} (rate({sel(config, metric)}[{config.rate_window}]))",
     )
 
 
 def timewait(config: MixinConfig) -> list[dict[str, Any]]:
     d = config.durations
-    overflow = with_pod(config, sel(config, recording.TW_OVERFLOW_RATE))
+    overflow = with_pod(config, sel(config, recording.tw_overflow_rate(config)))
     tw = f"max {by(config, *NETNS)} ({smoothed(config, 'tcptw_sockstat_tcp_tw')})"
     limit = f"max {by(config, *NETNS)} ({sel(config, 'tcptw_sysctl_tcp_max_tw_buckets')} > 0)"
     near = with_pod(config, f"{tw}\n/ {limit}")
@@ -311,7 +312,7 @@ def exporter(config: MixinConfig) -> list[dict[str, Any]]:
         alert(
             config,
             "TimewaitExporterPollsOverrunning",
-            f"rate({sel(config, 'tcptw_poll_overruns_total')}[{RATE_WINDOW}]) > 0",
+            f"rate({sel(config, 'tcptw_poll_overruns_total')}[{config.rate_window}]) > 0",
             "warning",
             d.overrun,
             "timewait-exporter polls on {{ $labels.instance }} outlast the poll interval",

@@ -37,6 +37,9 @@ class MixinConfig:
     # Window over which exhaustion rules smooth the sampling jitter (a batch of TIME-WAIT
     # sockets expiring makes utilisation dip for one sample).
     smoothing_window: str = "2m"
+    # Window of every rate() in the rules (connections closed, TIME-WAIT overflows, poll
+    # overruns); the recorded rates are named after it (tcptw:...:rate5m).
+    rate_window: str = "5m"
     # Window over which the predictive exhaustion alert fits its linear trend.
     prediction_window: str = "30m"
     durations: Durations = field(default_factory=Durations)

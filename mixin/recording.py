@@ -24,36 +24,49 @@ NETNS_MAX_RATIO = "tcptw:outbound_port_utilization_max:ratio"
 EPHEMERAL_IN_USE_RATIO = "tcptw:ephemeral_ports_in_use:ratio"
 # TIME-WAIT sockets per namespace and direction="inbound"|"outbound", `other` included.
 TIMEWAIT_BY_DIRECTION = "tcptw:timewait_sockets:sum"
-TW_OVERFLOW_RATE = "tcptw:tcpext_tcp_time_wait_overflow:rate5m"
-TW_RECYCLED_RATE = "tcptw:tcpext_tw_recycled:rate5m"
 # time() - tcptw_last_poll_timestamp_seconds per instance, and the same in poll intervals.
 POLL_AGE = "tcptw:poll_age:seconds"
 POLL_AGE_INTERVALS = "tcptw:poll_age:intervals"
 
-# Connections closed per second per outbound bucket (`other` left out): from the
-# socket-destroy counters where the namespace has them (method="events"), else estimated
-# as TIME-WAIT sockets / 60 s (method="timewait", Little's law at steady state).
-OUTBOUND_CLOSE_RATE = "tcptw:outbound_connections_closed:rate5m"
-# That rate / the sustainable one (the namespace's per-destination capacity / 60 s), per
+# outbound_close_rate / the sustainable one (the namespace's per-destination capacity / 60 s), per
 # bucket, pod labels joined; buckets that tcp_tw_reuse covers are left out (their
 # TIME-WAIT does not hold ports, so capacity / 60 is no limit).
 OUTBOUND_RATE_RATIO = "tcptw:outbound_connection_rate_sustainable:ratio"
 
-# The window of the *:rate5m rules; their names say it, so it is not configurable.
-RATE_WINDOW = "5m"
 
-NAMES = (
-    OUTBOUND_BUCKET_RATIO,
-    NETNS_MAX_RATIO,
-    EPHEMERAL_IN_USE_RATIO,
-    TIMEWAIT_BY_DIRECTION,
-    TW_OVERFLOW_RATE,
-    TW_RECYCLED_RATE,
-    POLL_AGE,
-    POLL_AGE_INTERVALS,
-    OUTBOUND_CLOSE_RATE,
-    OUTBOUND_RATE_RATIO,
-)
+# The rules over rate() windows are named after MixinConfig.rate_window, as the
+# convention asks (level:metric:operation): tcptw:...:rate5m by default.
+def tw_overflow_rate(config: MixinConfig) -> str:
+    return f"tcptw:tcpext_tcp_time_wait_overflow:rate{config.rate_window}"
+
+
+def tw_recycled_rate(config: MixinConfig) -> str:
+    return f"tcptw:tcpext_tw_recycled:rate{config.rate_window}"
+
+
+# Connections closed per second per outbound bucket (`other` left out): from the
+# socket-destroy counters where the namespace has them (method="events"), else estimated
+# as TIME-WAIT sockets / 60 s (method="timewait", Little's law at steady state).
+def outbound_close_rate(config: MixinConfig) -> str:
+    return f"tcptw:outbound_connections_closed:rate{config.rate_window}"
+
+
+def names(config: MixinConfig) -> tuple[str, ...]:
+    """Every recorded name, in the order of the rules."""
+    return (
+        OUTBOUND_BUCKET_RATIO,
+        NETNS_MAX_RATIO,
+        EPHEMERAL_IN_USE_RATIO,
+        TIMEWAIT_BY_DIRECTION,
+        tw_overflow_rate(config),
+        tw_recycled_rate(config),
+        POLL_AGE,
+        POLL_AGE_INTERVALS,
+        outbound_close_rate(config),
+        OUTBOUND_RATE_RATIO,
+    )
+
+
 LOOPBACK = '"127\\\\..+|::1"'  # tcp_tw_reuse=2 covers buckets with a loopback end
 
 NETNS = ("instance", "job", "netns")
@@ -101,7 +114,7 @@ def ratio(
 
 def groups(config: MixinConfig) -> list[dict[str, Any]]:
     other = 'remote_addr!="other"'
-    rate = f"[{RATE_WINDOW}]"
+    rate = f"[{config.rate_window}]"
     rules: list[dict[str, Any]] = [
         {
             "record": OUTBOUND_BUCKET_RATIO,
@@ -143,12 +156,12 @@ def groups(config: MixinConfig) -> list[dict[str, Any]]:
             ),
         },
         {
-            "record": TW_OVERFLOW_RATE,
+            "record": tw_overflow_rate(config),
             "expr": f"sum {by(config, *NETNS)} "
             f"(rate({sel(config, 'tcptw_tcpext_tcp_time_wait_overflow_total')}{rate}))",
         },
         {
-            "record": TW_RECYCLED_RATE,
+            "record": tw_recycled_rate(config),
             "expr": f"sum {by(config, *NETNS)} "
             f"(rate({sel(config, 'tcptw_tcpext_tw_recycled_total')}{rate}))",
         },
@@ -181,7 +194,7 @@ def reuse_covers(config: MixinConfig, value: int) -> str:
 
 
 def connection_rate(config: MixinConfig) -> list[dict[str, Any]]:
-    rate = f"[{RATE_WINDOW}]"
+    rate = f"[{config.rate_window}]"
     other = 'remote_addr!="other"'
     ns = ("instance", "job", "netns")
     events = (
@@ -196,10 +209,10 @@ def connection_rate(config: MixinConfig) -> list[dict[str, Any]]:
         f"max {by(config, *ns)} ({sel(config, 'tcptw_socket_events_up')} == 1),\n"
         '  "method", "timewait", "", ""\n)'
     )
-    closes = sel(config, OUTBOUND_CLOSE_RATE)
+    closes = sel(config, outbound_close_rate(config))
     near_loop = (
-        f"{sel(config, OUTBOUND_CLOSE_RATE, f'local_addr=~{LOOPBACK}')} "
-        f"or {sel(config, OUTBOUND_CLOSE_RATE, f'remote_addr=~{LOOPBACK}')}"
+        f"{sel(config, outbound_close_rate(config), f'local_addr=~{LOOPBACK}')} "
+        f"or {sel(config, outbound_close_rate(config), f'remote_addr=~{LOOPBACK}')}"
     )
     limited = (
         f"(\n  ({closes}\n  unless {on(config, *ns)} {reuse_covers(config, 1)})\n"
@@ -207,7 +220,7 @@ def connection_rate(config: MixinConfig) -> list[dict[str, Any]]:
     )
     capacity = f"max {by(config, *ns)} ({sel(config, 'tcptw_outbound_bucket_capacity')} > 0)"
     return [
-        {"record": OUTBOUND_CLOSE_RATE, "expr": f"{events}\nor\n{estimate}"},
+        {"record": outbound_close_rate(config), "expr": f"{events}\nor\n{estimate}"},
         {
             "record": OUTBOUND_RATE_RATIO,
             "expr": with_pod(

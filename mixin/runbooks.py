@@ -7,7 +7,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Callable
 
-from mixin import alerts
+from mixin import alerts, recording
 from mixin.config import MixinConfig
 
 ENTER = """\
@@ -192,14 +192,20 @@ bucket with `capacity` usable ports sustains `capacity / 60` connections a secon
 `EADDRNOTAVAIL`. This alert comes before `TcpEphemeralPortExhaustion`: it sees the rate,
 not the ports already held.
 
-The rate is `rate(tcptw_outbound_connections_closed_total[5m])`, exact counts from the
-kernel's socket-destroy events (`method="events"`); where a namespace has no events
+The rate is `rate(tcptw_outbound_connections_closed_total[{config.rate_window}])`, exact counts
+from the kernel's socket-destroy events (`method="events"`); where a namespace has no events
 (`--no-events`, or a kernel that refuses them), it is estimated as the bucket's TIME-WAIT
 sockets / 60 (`method="timewait"`), which is only right at steady state. Buckets that
 `tcp_tw_reuse` covers (1, or 2 with a loopback end, timestamps on) are left out: their
 TIME-WAIT ports can be taken over, so capacity / 60 is no limit for them.
+
+The count is every connection closed toward the bucket, including those the server closed
+first: the server then holds the TIME-WAIT and the local port is free at once. Toward a
+server that always closes first, the ratio overstates the pressure; the bucket's TIME-WAIT
+sockets (below) tell which side holds them, and `TcpEphemeralPortExhaustion` stays the
+authority on ports actually held.
 """,
-        """
+        f"""
 ```sh
 # connections closing toward the destination: watch the count of TIME-WAIT sockets
 ss -Htan state time-wait '( dst <remote_addr> and dport = :<remote_port> )' | wc -l
@@ -209,7 +215,7 @@ sysctl net.ipv4.ip_local_port_range net.ipv4.ip_local_reserved_ports \\
   net.ipv4.tcp_tw_reuse net.ipv4.tcp_timestamps
 ```
 
-In Prometheus: `tcptw:outbound_connections_closed:rate5m` of the bucket against
+In Prometheus: `{recording.outbound_close_rate(config)}` of the bucket against
 `tcptw_outbound_bucket_capacity / 60` of its namespace (the node dashboard plots both).
 """,
         "\n".join([POOLING, REUSE, WIDEN, MORE_DESTINATIONS, NOT_RECYCLE, NOT_FIN_TIMEOUT]),

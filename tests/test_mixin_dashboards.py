@@ -24,7 +24,7 @@ from grafana_foundation_sdk.models.dashboard import Dashboard as DashboardModel
 
 from mixin import dashboards
 from mixin.config import DEFAULT, MixinConfig
-from mixin.recording import NAMES as RECORDED
+from mixin.recording import names as recorded_names
 
 REPO = Path(__file__).resolve().parent.parent
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -117,7 +117,7 @@ def known_metrics() -> frozenset[str]:
         for name in re.findall(r"`((?:tcptw|process)_[a-z0-9_]+)`", row)
         if not name.endswith("_")
     }
-    return frozenset(names) | frozenset(RECORDED) | SYNTHETIC
+    return frozenset(names) | frozenset(recorded_names(DEFAULT)) | SYNTHETIC
 
 
 # --- the lint -----------------------------------------------------------------------------
@@ -231,7 +231,7 @@ def test_metrics_exist_and_rates_use_rate_interval(config: MixinConfig, board: s
 
 def test_the_dashboards_read_the_recording_rules_for_fleet_queries() -> None:
     fleet = " ".join(expr for _, expr in dashboards.queries(build(DEFAULT, "fleet")))
-    assert set(RECORDED) <= set(METRIC.findall(fleet))
+    assert set(recorded_names(DEFAULT)) <= set(METRIC.findall(fleet))
     # The fleet never joins tcptw_netns_info itself: the recording rules carry the pod labels.
     assert "group_left" not in fleet
 

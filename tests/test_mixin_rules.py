@@ -100,6 +100,7 @@ def test_rules_of_another_config_pass_promtool(tmp_path: Path) -> None:
         cluster_label="",
         smoothing_window="19s",
         prediction_window="21s",
+        rate_window="22s",
         durations=durations,
     )
     allowed = set(vars(durations).values())
@@ -116,8 +117,12 @@ def test_rules_of_another_config_pass_promtool(tmp_path: Path) -> None:
     for expr in exprs:
         assert "timewait-exporter" not in expr and "cluster" not in expr, expr
         for window in re.findall(r"\[(\w+)\]", expr):
-            assert window in {"19s", "21s", recording.RATE_WINDOW}, expr
-    assert any("[19s]" in expr for expr in exprs) and any("[21s]" in expr for expr in exprs)
+            assert window in {"19s", "21s", "22s"}, expr
+    for window in ("19s", "21s", "22s"):
+        assert any(f"[{window}]" in expr for expr in exprs), window
+    records = [rule["record"] for group in recording.groups(config) for rule in group["rules"]]
+    assert records == list(recording.names(config))
+    assert "tcptw:outbound_connections_closed:rate22s" in records
     for name, groups in (
         ("recording.yml", recording.groups(config)),
         ("alerts.yml", alerts.groups(config)),
@@ -306,7 +311,7 @@ def test_every_selector_carries_the_job_matcher(name: str) -> None:
 
 def test_recording_rule_names_and_the_cluster_label() -> None:
     records = [rule["record"] for rule in rules("recording.yml")]
-    assert records == list(recording.NAMES)
+    assert records == list(recording.names(DEFAULT))
     for rule in rules("recording.yml"):
         for clause in re.findall(r"\b(?:by|on) \(([^)]*)\)", rule["expr"]):
             assert clause.split(", ")[0] == DEFAULT.cluster_label, rule["record"]

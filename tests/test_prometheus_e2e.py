@@ -7,7 +7,9 @@ by the test's own MixinConfig), while a client really exhausts a destination's p
    destination; then every panel and variable query of every dashboard must return data
    (a few are listed with the reason they legitimately return nothing here); then the
    poll is frozen in a blocking read and the stale alert must fire;
-2. clients that bind() before connect(): the same alert must fire.
+2. clients that bind() before connect(): the same alert must fire;
+3. a client paced at 90 % of the rate its ports sustain: the connection-rate alert, which
+   reads the socket-destroy counters, must fire while every connect() still succeeds.
 """
 
 from __future__ import annotations
@@ -40,9 +42,12 @@ from tests.test_daemon import hang_slab_reads
 
 ROOT = Path(__file__).resolve().parent.parent
 EXHAUSTION = "TcpEphemeralPortExhaustion"
+RATE = "TcpConnectionRateNearSustainable"
+RATE_RATIO = "tcptw:outbound_connection_rate_sustainable:ratio"
 STALE = "TimewaitExporterStale"
 FAST = MixinConfig(
     smoothing_window="30s",
+    rate_window="20s",
     durations=Durations(
         exhaustion="5s",
         exhaustion_keep_firing="1m",
@@ -176,13 +181,18 @@ class Client:
     netns: Netns
     destination: tuple[str, int]
     bind_first: bool = False
+    per_second: float | None = None  # paced, or as fast as it can
     connected: int = 0
     failed: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
+        start = time.monotonic()
         with self.netns.inside():
             while not self.stop.is_set():
+                if self.per_second is not None:
+                    due = start + (self.connected + self.failed) / self.per_second
+                    self.stop.wait(max(0.0, due - time.monotonic()))
                 sock = socket.socket()
                 try:
                     if self.bind_first:
@@ -207,11 +217,11 @@ class Client:
             thread.join(10)
 
 
-def exhaustion_netns(netns: Netns) -> tuple[str, int]:
+def exhaustion_netns(netns: Netns, ports: int = 100) -> tuple[str, int]:
     """A 100-port range, so that a loop of connects exhausts it in a fraction of a second
     (each port then stays in the client's TIME-WAIT for 60 s), and a server that closes
     after the client."""
-    netns.sysctl("net.ipv4.ip_local_port_range", "40000 40099")
+    netns.sysctl("net.ipv4.ip_local_port_range", f"40000 {40000 + ports - 1}")
     netns.sysctl("net.ipv4.tcp_tw_reuse", "0")
     listener = netns.listen("127.0.0.2", 8080, backlog=4096)
 
@@ -278,9 +288,7 @@ def test_exhaustion_fires_dashboards_have_data_and_a_hung_poll_goes_stale(
             return bool(found) and float(found[0]["value"][1]) == client.connected
 
         s.wait_for("the client's closes counted exactly", counted, 30)
-        # What the rate alert compares. Its firing is proven by promtool
-        # (deploy/prometheus/alerts_test.yml), not here: rate() over the rules' 5m window
-        # divides by the whole 5 minutes, so a minute of load cannot reach 80 %.
+        # What the rate alert compares (it fires in the paced-client test below).
         ratio = s.wait_for(
             "the sustainable-rate ratio from the counters",
             # Present once the rate has two samples; its value may be 0 for a while (the
@@ -327,3 +335,30 @@ def test_exhaustion_fires_for_clients_that_bind_before_connect(
         )
         assert client.failed > 0
         assert firing[0]["netns"] == netns.name
+
+
+def test_connection_rate_alert_fires_from_the_counters_before_ports_run_out(
+    netns: Netns, tmp_path: Path
+) -> None:
+    """600 ports sustain 600 / 60 = 10 connections a second toward one destination; a
+    client paced at 9/s, closing first, is at 90 %. Within 60 s it holds at most 540
+    ports, so no connect() fails and the exhaustion alert cannot fire; the rate alert must,
+    from the socket-destroy counters (method="events") over the rules' 20 s window."""
+    destination = exhaustion_netns(netns, ports=600)
+    with (
+        stack(netns, tmp_path) as s,
+        Client(netns, destination, per_second=9.0).running() as client,
+    ):
+        firing = s.wait_for(f"{RATE} firing", lambda: s.alerts(RATE), 50)
+        assert client.failed == 0 and client.connected > 0
+        assert s.alerts(EXHAUSTION) == []
+        alert = firing[0]
+        assert alert["netns"] == netns.name and alert["method"] == "events"
+        assert (alert["local_addr"], alert["remote_addr"], alert["remote_port"]) == (
+            "127.0.0.1",
+            "127.0.0.2",
+            "8080",
+        )
+        # (The test's own queries to Prometheus are another bucket, at about 2/s.)
+        ratio = s.query(f'{RATE_RATIO}{{netns="{netns.name}", remote_port="8080"}}')
+        assert len(ratio) == 1 and 0.8 <= float(ratio[0]["value"][1]) <= 1.0, ratio

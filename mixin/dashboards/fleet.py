@@ -26,13 +26,13 @@ from mixin.recording import (
     EPHEMERAL_IN_USE_RATIO,
     NETNS_MAX_RATIO,
     OUTBOUND_BUCKET_RATIO,
-    OUTBOUND_CLOSE_RATE,
     OUTBOUND_RATE_RATIO,
     POLL_AGE,
     POLL_AGE_INTERVALS,
     TIMEWAIT_BY_DIRECTION,
-    TW_OVERFLOW_RATE,
-    TW_RECYCLED_RATE,
+    outbound_close_rate,
+    tw_overflow_rate,
+    tw_recycled_rate,
 )
 
 UID = "timewait-fleet"
@@ -189,7 +189,7 @@ def _timewait(c: MixinConfig) -> list[Any]:
             "against old duplicates is gone. Raise tcp_max_tw_buckets or cut connection churn.",
             [
                 Target(
-                    f"sum {by(c, 'instance')} ({sel(c, TW_OVERFLOW_RATE, netns=True)})",
+                    f"sum {by(c, 'instance')} ({sel(c, tw_overflow_rate(c), netns=True)})",
                     legend(c, "{{instance}}"),
                 )
             ],
@@ -203,7 +203,7 @@ def _timewait(c: MixinConfig) -> list[Any]:
             "reuse is what keeps connect() working; pool connections to need it less.",
             [
                 Target(
-                    f"sum {by(c, 'instance')} ({sel(c, TW_RECYCLED_RATE, netns=True)})",
+                    f"sum {by(c, 'instance')} ({sel(c, tw_recycled_rate(c), netns=True)})",
                     legend(c, "{{instance}}"),
                 )
             ],
@@ -218,7 +218,7 @@ def _timewait(c: MixinConfig) -> list[Any]:
             [
                 Target(
                     f"sum {by(c, 'instance', 'method')} "
-                    f"({sel(c, OUTBOUND_CLOSE_RATE, netns=True)})",
+                    f"({sel(c, outbound_close_rate(c), netns=True)})",
                     legend(c, "{{instance}} {{method}}"),
                 )
             ],

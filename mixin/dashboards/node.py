@@ -21,7 +21,7 @@ from mixin.dashboards.common import (
     sel,
 )
 from mixin.dashboards.fleet import TIMESTAMPS, TW_REUSE, WIDTH_STEPS
-from mixin.recording import NETNS_MAX_RATIO, OUTBOUND_CLOSE_RATE, POLL_AGE
+from mixin.recording import NETNS_MAX_RATIO, POLL_AGE, outbound_close_rate
 
 UID = "timewait-node"
 OUTBOUND = ("instance", "netns", "local_addr", "remote_addr", "remote_port")
@@ -50,7 +50,7 @@ def _outbound(c: MixinConfig) -> list[Any]:
     timewait = f"max {k} ({sel(c, 'tcptw_outbound_timewait_sockets', NOT_OTHER, netns=True)})"
     top = f"topk(20, {used})"
     top10 = f"topk(10, {used})"
-    closes = f"max {by(c, *OUTBOUND, 'method')} ({sel(c, OUTBOUND_CLOSE_RATE, netns=True)})"
+    closes = f"max {by(c, *OUTBOUND, 'method')} ({sel(c, outbound_close_rate(c), netns=True)})"
     netns = by(c, "instance", "netns")
     return [
         graph(
@@ -106,7 +106,8 @@ def _outbound(c: MixinConfig) -> list[Any]:
         ),
         graph(
             "Connections closed per second vs sustainable",
-            "The 10 outbound buckets closing the most connections a second (over 5m), "
+            "The 10 outbound buckets closing the most connections a second (over "
+            f"{c.rate_window}), "
             "counted exactly from the kernel's socket-destroy events (method events), or "
             "estimated as TIME-WAIT sockets / 60 where the exporter has no events (method "
             "timewait), against what their namespace sustains toward one destination, "
