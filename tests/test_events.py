@@ -75,6 +75,25 @@ def _listeners(netns: Netns) -> Iterator[dict[tuple[str, int], socket.socket]]:
     yield listeners
 
 
+def _connect_and_close(
+    family: int,
+    client: str,
+    listeners: dict[tuple[str, int], socket.socket],
+    address: tuple[str, int],
+    count: int,
+) -> None:
+    """count connections from client to address (run inside the namespace), each closed
+    by the client first."""
+    for _ in range(count):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_IP, 24, 1)  # IP_BIND_ADDRESS_NO_PORT
+        sock.bind((client, 0))
+        sock.connect(address)
+        accepted, _ = listeners[address].accept()
+        sock.close()
+        accepted.close()
+
+
 def _connections(
     netns: Netns, listeners: dict[tuple[str, int], socket.socket], per_pair: int
 ) -> dict[tuple[str, ...], int]:
@@ -85,14 +104,7 @@ def _connections(
         for family, clients, destinations in PLAN:
             for client in clients:
                 for address in destinations:
-                    for _ in range(per_pair):
-                        sock = socket.socket(family, socket.SOCK_STREAM)
-                        sock.setsockopt(socket.IPPROTO_IP, 24, 1)  # IP_BIND_ADDRESS_NO_PORT
-                        sock.bind((client, 0))
-                        sock.connect(address)
-                        accepted, _ = listeners[address].accept()
-                        sock.close()
-                        accepted.close()
+                    _connect_and_close(family, client, listeners, address, per_pair)
                     dest, port = address[0], str(address[1])
                     out = ("out", client, dest, port)
                     inn = ("in", dest, port, client)
@@ -174,15 +186,9 @@ def test_top_k_keeps_every_close_in_exactly_one_series(netns: Netns) -> None:
             for hot, count in (((0, 1, 2), 30), ((3, 4, 5), 60), ((0, 1, 2), 100)):
                 with netns.inside():
                     for index, (family, client, address) in enumerate(pairs):
-                        for _ in range(count if index in hot else 1):
-                            sock = socket.socket(family, socket.SOCK_STREAM)
-                            sock.setsockopt(socket.IPPROTO_IP, 24, 1)  # IP_BIND_ADDRESS_NO_PORT
-                            sock.bind((client, 0))
-                            sock.connect(address)
-                            accepted, _ = listeners[address].accept()
-                            sock.close()
-                            accepted.close()
-                            made += 1
+                        n = count if index in hot else 1
+                        _connect_and_close(family, client, listeners, address, n)
+                        made += n
                 events = 2 * made
                 wait_until(
                     lambda: sum(ns.counted for ns in table.namespaces()) >= events,  # noqa: B023
