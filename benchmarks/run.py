@@ -40,6 +40,7 @@ NODE_BEGIN, NODE_END = "<!-- NODE_BEGIN -->", "<!-- NODE_END -->"
 # ... and benchmarks/http_load.py and soak.py theirs between these.
 HTTP_BEGIN, HTTP_END = "<!-- HTTP_BEGIN -->", "<!-- HTTP_END -->"
 EVENTS_BEGIN, EVENTS_END = "<!-- EVENTS_BEGIN -->", "<!-- EVENTS_END -->"  # benchmarks.events
+REPORT_BEGIN, REPORT_END = "<!-- REPORT_BEGIN -->", "<!-- REPORT_END -->"  # benchmarks.report
 LABELS = {
     "exporter": "timewait-exporter full poll",
     "floor": "kernel dump, received and discarded (floor)",
@@ -336,6 +337,9 @@ def main() -> None:
         f"{args.distinct_sizes} --rounds {args.rounds}"
         + (f" --markdown {args.markdown}" if args.markdown else ""),
         "",
+        "and, for the sections marked below, `benchmarks.node`, `benchmarks.http_load`,",
+        "`benchmarks.soak`, `benchmarks.events` and `benchmarks.report` (each names its command).",
+        "",
         "On this machine:",
         "",
         *machine(),
@@ -394,12 +398,13 @@ def main() -> None:
         report += ["### Idle cost", "", text, ""]
     if args.markdown:
         # Keep the sections other benchmarks write into the file (many namespaces, HTTP,
-        # socket-destroy events).
+        # socket-destroy events, report).
         old = args.markdown.read_text() if args.markdown.exists() else ""
         for begin, end in (
             (NODE_BEGIN, NODE_END),
             (HTTP_BEGIN, HTTP_END),
             (EVENTS_BEGIN, EVENTS_END),
+            (REPORT_BEGIN, REPORT_END),
         ):
             if begin in old and end in old:
                 kept = old.split(begin, 1)[1].split(end, 1)[0]
