@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks.load import loadgen_binary
+from benchmarks.markdown import write_section
 from benchmarks.run import free_port
 from tests.exposition import samples, series
 
@@ -187,13 +188,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.markdown:
-        old = args.markdown.read_text() if args.markdown.exists() else ""
-        if EVENTS_BEGIN in old and EVENTS_END in old:
-            head, rest = old.split(EVENTS_BEGIN, 1)
-            new = head + text + rest.split(EVENTS_END, 1)[1]
-        else:
-            new = old.rstrip("\n") + "\n\n" + text + "\n"
-        args.markdown.write_text(new)
+        write_section(args.markdown, EVENTS_BEGIN, EVENTS_END, text)
 
 
 if __name__ == "__main__":

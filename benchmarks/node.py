@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.load import loaded_namespace
+from benchmarks.markdown import write_section
 from benchmarks.run import NODE_BEGIN as BEGIN
 from benchmarks.run import NODE_END as END
 from benchmarks.run import ROOT, free_port
@@ -301,13 +302,7 @@ def main() -> None:
         section += lines
     section.append(END)
     if args.markdown:
-        text = args.markdown.read_text() if args.markdown.exists() else ""
-        if BEGIN in text:
-            head, rest = text.split(BEGIN, 1)
-            text = head + "\n".join(section) + rest.split(END, 1)[1]
-        else:
-            text = text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
-        args.markdown.write_text(text)
+        write_section(args.markdown, BEGIN, END, "\n".join(section))
 
 
 if __name__ == "__main__":

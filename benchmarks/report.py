@@ -30,6 +30,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from benchmarks.load import loaded_namespace
+from benchmarks.markdown import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT_BEGIN, REPORT_END = "<!-- REPORT_BEGIN -->", "<!-- REPORT_END -->"
@@ -174,13 +175,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.markdown:
-        old = args.markdown.read_text() if args.markdown.exists() else ""
-        if REPORT_BEGIN in old and REPORT_END in old:
-            head, rest = old.split(REPORT_BEGIN, 1)
-            new = head + text + rest.split(REPORT_END, 1)[1]
-        else:
-            new = old.rstrip("\n") + "\n\n" + text + "\n"
-        args.markdown.write_text(new)
+        write_section(args.markdown, REPORT_BEGIN, REPORT_END, text)
 
 
 if __name__ == "__main__":
