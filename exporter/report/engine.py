@@ -192,7 +192,8 @@ def build(
 ) -> Report:
     """events: the closes counted during the window (observe); without them every rate
     now is estimated from TIME-WAIT."""
-    namespaces = tuple(namespace_report(v, events) for v in views(first, second, events))
+    all_views = views(first, second, events)
+    namespaces = tuple(namespace_report(v, events) for v in all_views)
     slab = tuple(
         Slab(
             c.name,
@@ -215,5 +216,5 @@ def build(
         exit_code=exit_code(namespaces, fail_on),
         namespaces=namespaces,
         slab=slab,
-        findings=tuple(all_findings(first, second)),
+        findings=tuple(all_findings(all_views, second)),
     )

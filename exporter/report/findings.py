@@ -16,12 +16,12 @@ from exporter.report.model import (
     SEVERITIES,
     TIME_WAIT_SECONDS,
     Finding,
+    NamespaceView,
     buckets,
     local_ports,
     rate_text,
     reuse_value_covers,
     slab_caches,
-    views,
 )
 from exporter.snapshot import Snapshot
 
@@ -38,11 +38,11 @@ def _pct(ratio: float) -> str:
     return f"{100 * ratio:.0f} %"
 
 
-def port_exhaustion(first: Snapshot, second: Snapshot) -> list[Finding]:
+def port_exhaustion(all_views: list[NamespaceView], second: Snapshot) -> list[Finding]:
     """A namespace's highest outbound bucket ratio (tcptw_outbound_port_utilization_max
     _ratio, over every bucket) is over 0.8."""
     found = []
-    for view in views(first, second):
+    for view in all_views:
         if view.stats is None or view.stats.ports is None:
             continue
         ports = view.stats.ports
@@ -83,11 +83,11 @@ def port_exhaustion(first: Snapshot, second: Snapshot) -> list[Finding]:
     return found
 
 
-def timewait_overflow(first: Snapshot, second: Snapshot) -> list[Finding]:
+def timewait_overflow(all_views: list[NamespaceView], second: Snapshot) -> list[Finding]:
     """TCPTimeWaitOverflow rose between the two polls, or the namespace's TIME-WAIT
     sockets (sockstat tw) reach 90 % of tcp_max_tw_buckets."""
     found = []
-    for view in views(first, second):
+    for view in all_views:
         rose = view.delta("TCPTimeWaitOverflow")
         limit = view.sysctl("tcp_max_tw_buckets")
         tw = view.sockstat.tw if view.sockstat is not None else None
@@ -121,10 +121,10 @@ def timewait_overflow(first: Snapshot, second: Snapshot) -> list[Finding]:
     return found
 
 
-def tw_recycle_enabled(first: Snapshot, second: Snapshot) -> list[Finding]:
+def tw_recycle_enabled(all_views: list[NamespaceView], second: Snapshot) -> list[Finding]:
     """tcp_tw_recycle exists (kernels before 4.12) and is not 0."""
     found = []
-    for view in views(first, second):
+    for view in all_views:
         value = view.sysctl("tcp_tw_recycle")
         if not value:
             continue
@@ -149,11 +149,11 @@ def tw_recycle_enabled(first: Snapshot, second: Snapshot) -> list[Finding]:
     return found
 
 
-def tw_reuse_off_for_clients(first: Snapshot, second: Snapshot) -> list[Finding]:
+def tw_reuse_off_for_clients(all_views: list[NamespaceView], second: Snapshot) -> list[Finding]:
     """An outbound bucket's TIME-WAIT sockets hold at least 25 % of its capacity, and
     tcp_tw_reuse does not cover it: 0, or 2 with neither end on loopback."""
     found = []
-    for view in views(first, second):
+    for view in all_views:
         policy = view.policy
         if policy is None:
             continue
@@ -193,10 +193,10 @@ def tw_reuse_off_for_clients(first: Snapshot, second: Snapshot) -> list[Finding]
     return found
 
 
-def timestamps_off(first: Snapshot, second: Snapshot) -> list[Finding]:
+def timestamps_off(all_views: list[NamespaceView], second: Snapshot) -> list[Finding]:
     """tcp_timestamps is 0."""
     found = []
-    for view in views(first, second):
+    for view in all_views:
         value = view.sysctl("tcp_timestamps")
         if value is None or value != 0:
             continue
@@ -216,11 +216,11 @@ def timestamps_off(first: Snapshot, second: Snapshot) -> list[Finding]:
     return found
 
 
-def narrow_port_range(first: Snapshot, second: Snapshot) -> list[Finding]:
+def narrow_port_range(all_views: list[NamespaceView], second: Snapshot) -> list[Finding]:
     """ip_local_port_range minus ip_local_reserved_ports leaves fewer ports than the
     default range (32768-60999: 28,232)."""
     found = []
-    for view in views(first, second):
+    for view in all_views:
         if view.sysctls is None or view.sysctls.port_range is None:
             continue
         low, high = view.sysctls.port_range
@@ -263,10 +263,10 @@ def _reserved_inside(reserved: tuple[tuple[int, int], ...] | None, low: int, hig
     return total
 
 
-def fin_timeout_misconception(first: Snapshot, second: Snapshot) -> list[Finding]:
+def fin_timeout_misconception(all_views: list[NamespaceView], second: Snapshot) -> list[Finding]:
     """tcp_fin_timeout differs from its default of 60 s."""
     found = []
-    for view in views(first, second):
+    for view in all_views:
         value = view.sysctl("tcp_fin_timeout")
         if value is None or value == DEFAULT_FIN_TIMEOUT:
             continue
@@ -287,13 +287,13 @@ def fin_timeout_misconception(first: Snapshot, second: Snapshot) -> list[Finding
     return found
 
 
-def server_closes_first(first: Snapshot, second: Snapshot) -> list[Finding]:
+def server_closes_first(all_views: list[NamespaceView], second: Snapshot) -> list[Finding]:
     """A local port's inbound TIME-WAIT sockets number at least 50 and more than half of
     its inbound sockets: this side closes first."""
     found = []
     sizes = {c.name: c.object_size for c in slab_caches(second)}
     size = sizes.get("tw_sock_TCP", _TW_OBJECT_GUESS)
-    for view in views(first, second):
+    for view in all_views:
         for lp in local_ports(view):
             if lp.timewait < SERVER_CLOSES_MIN or lp.timewait <= SERVER_CLOSES_SHARE * lp.sockets:
                 continue
@@ -323,10 +323,9 @@ def server_closes_first(first: Snapshot, second: Snapshot) -> list[Finding]:
 _TW_OBJECT_GUESS = 256  # bytes per tw_sock_TCP object when the slab was not read
 
 
-def ehash_shared(first: Snapshot, second: Snapshot) -> list[Finding]:
+def ehash_shared(all_views: list[NamespaceView], second: Snapshot) -> list[Finding]:
     """At least 10 polled namespaces have a negative tcp_ehash_entries: they share the
     host's established hash, so each of their sock_diag dumps walks the whole table."""
-    all_views = views(first, second)
     shared = [v for v in all_views if (v.sysctl("tcp_ehash_entries") or 0) < 0]
     if len(shared) < EHASH_SHARED_MANY:
         return []
@@ -356,7 +355,7 @@ def ehash_shared(first: Snapshot, second: Snapshot) -> list[Finding]:
     ]
 
 
-FINDINGS: dict[str, Callable[[Snapshot, Snapshot], list[Finding]]] = {
+FINDINGS: dict[str, Callable[[list[NamespaceView], Snapshot], list[Finding]]] = {
     "port-exhaustion": port_exhaustion,
     "timewait-overflow": timewait_overflow,
     "tw-recycle-enabled": tw_recycle_enabled,
@@ -369,8 +368,9 @@ FINDINGS: dict[str, Callable[[Snapshot, Snapshot], list[Finding]]] = {
 }
 
 
-def all_findings(first: Snapshot, second: Snapshot) -> list[Finding]:
-    """Every finding, most severe first, then by id and namespace."""
-    found = [f for check in FINDINGS.values() for f in check(first, second)]
+def all_findings(all_views: list[NamespaceView], second: Snapshot) -> list[Finding]:
+    """Every finding of the namespaces' views (model.views, built once per report) and of
+    the second poll's host sources, most severe first, then by id and namespace."""
+    found = [f for check in FINDINGS.values() for f in check(all_views, second)]
     found.sort(key=lambda f: (SEVERITIES.index(f.severity), f.id, f.netns))
     return found

@@ -140,11 +140,7 @@ def _is_loopback(text: str) -> bool:
 def reuse_covers(policy: PortPolicy, local_addr: str, remote_addr: str) -> bool:
     """May connect() take over this bucket's TIME-WAIT quadruplets (tcp_twsk_unique)?
     tcp_tw_reuse 1, or 2 with a loopback end; timestamps on either way."""
-    if not policy.timestamps:
-        return False
-    if policy.tw_reuse == 1:
-        return True
-    return policy.tw_reuse == 2 and (_is_loopback(local_addr) or _is_loopback(remote_addr))
+    return bool(policy.timestamps) and reuse_value_covers(policy, local_addr, remote_addr)
 
 
 def reuse_value_covers(policy: PortPolicy, local_addr: str, remote_addr: str) -> bool:
