@@ -145,10 +145,11 @@ def ports(config: MixinConfig) -> list[dict[str, Any]]:
             d.exhaustion,
             f"New connections {DESTINATION} at {PERCENT} of the sustainable rate in {WHERE}",
             f"Connections {DESTINATION} in {WHERE} close at {PERCENT} of the rate its ports "
-            "sustain (capacity / 60 s: each closed connection holds its local port in "
-            f"TIME-WAIT for 60 s), over {config.rate_window} "
+            "sustain (capacity / 60 s: a connection closed from this side holds its local "
+            f"port in TIME-WAIT for 60 s), over {config.rate_window} "
             "(method {{ $labels.method }}: events counts the "
-            "kernel's socket-destroy events, timewait estimates TIME-WAIT sockets / 60 where "
+            "kernel's socket-destroy events, including connections the server closed first, "
+            "timewait estimates TIME-WAIT sockets / 60 where "
             "events are unavailable). Above 100% the bucket's ports run out and connect() "
             "fails with EADDRNOTAVAIL.",
         )

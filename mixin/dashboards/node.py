@@ -111,8 +111,9 @@ def _outbound(c: MixinConfig) -> list[Any]:
             "counted exactly from the kernel's socket-destroy events (method events), or "
             "estimated as TIME-WAIT sockets / 60 where the exporter has no events (method "
             "timewait), against what their namespace sustains toward one destination, "
-            "dashed: capacity / 60 s, since each closed connection holds its port 60 s in "
-            "TIME-WAIT. A rate line above its sustainable line exhausts the ports unless "
+            "dashed: capacity / 60 s, since a connection closed from this side holds its port "
+            "60 s in TIME-WAIT (the events also count connections the server closed first, "
+            "which hold none). A rate line above its sustainable line exhausts the ports unless "
             "tcp_tw_reuse covers the bucket; the alert fires at 80 %.",
             [
                 Target(
