@@ -20,8 +20,8 @@ import numpy as np
 from pyroute2.netlink.diag import inet_diag_msg
 
 from benchmarks.load import loaded_namespace
-from exporter.netns import entered
-from exporter.sources.inet_diag import (
+from exporter.netns.enter import entered
+from exporter.sources.sockdiag.codec import (
     ALL_STATES,
     NLMSG_DONE,
     NLMSG_HDR,
@@ -29,7 +29,7 @@ from exporter.sources.inet_diag import (
     build_request,
     decode_batch,
 )
-from exporter.sources.sockdiag import DiagSocket
+from exporter.sources.sockdiag.dump import DiagSocket
 
 BODY = struct.Struct("=BBBB2s2s16s16s")  # inet_diag_msg: family..retrans, ports, addresses
 

@@ -45,7 +45,7 @@ from benchmarks.run import NODE_BEGIN as BEGIN
 from benchmarks.run import NODE_END as END
 from benchmarks.run import ROOT, free_port
 from benchmarks.worker import process_cpu, vm_hwm_bytes
-from exporter.netns import entered
+from exporter.netns.enter import entered
 
 CHILD_EHASH = Path("/proc/sys/net/ipv4/tcp_child_ehash_entries")
 LABELS = {

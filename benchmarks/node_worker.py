@@ -26,14 +26,14 @@ from prometheus_client.registry import CollectorRegistry
 
 from benchmarks.worker import FLOOR_REQUESTS, FLOOR_V2_REQUESTS, drain, vm_hwm_bytes
 from exporter import log
-from exporter.collector import SnapshotCollector
 from exporter.config import Config
-from exporter.context import raise_fd_limit
-from exporter.netns import entered
-from exporter.poller import Poller
-from exporter.socket_stats import SocketStats
+from exporter.engine.collector import SnapshotCollector
+from exporter.engine.poller import Poller
+from exporter.netns.context import raise_fd_limit
+from exporter.netns.enter import entered
 from exporter.sources.netstat import DEFAULT_FIELDS
-from exporter.sources.sockdiag import DiagSocket
+from exporter.sources.sockdiag.dump import DiagSocket
+from exporter.sources.sockdiag.tally import SocketStats
 
 
 def cpu(who: int = resource.RUSAGE_SELF) -> float:

@@ -51,7 +51,7 @@ import numpy as np
 
 from benchmarks.run import ROOT, free_port
 from benchmarks.worker import process_cpu
-from exporter.netns import entered
+from exporter.netns.enter import entered
 
 RESULTS = Path(__file__).parent / "results"
 PREFIX = "twsoak"

@@ -28,16 +28,16 @@ from pathlib import Path
 
 from exporter import log
 from exporter.config import NETNS_SELF, Config
-from exporter.poller import Poller
-from exporter.socket_stats import SocketStats
-from exporter.sources.inet_diag import (
+from exporter.engine.poller import Poller
+from exporter.sources.sockdiag.codec import (
     ALL_STATES,
     NLMSG_DONE,
     NLMSG_HDR,
     build_compat_request,
     build_request,
 )
-from exporter.sources.sockdiag import LISTENING, NOT_LISTENING, DiagSocket
+from exporter.sources.sockdiag.dump import LISTENING, NOT_LISTENING, DiagSocket
+from exporter.sources.sockdiag.tally import SocketStats
 
 
 def drain(diag: DiagSocket, requests: list[bytes]) -> None:

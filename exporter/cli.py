@@ -15,14 +15,14 @@ from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__, log
-from exporter.buckets import BucketOptions
-from exporter.collector import SnapshotCollector
 from exporter.config import NETNS_ALL, NETNS_SELF, Config
-from exporter.context import raise_fd_limit
-from exporter.poller import Poller
-from exporter.registry import COLLECTORS
-from exporter.server import parse_listen_address
+from exporter.engine.collector import SnapshotCollector
+from exporter.engine.poller import Poller
+from exporter.engine.registry import COLLECTORS
+from exporter.netns.context import raise_fd_limit
 from exporter.sources.netstat import DEFAULT_FIELDS
+from exporter.sources.sockdiag.buckets import BucketOptions
+from exporter.web.server import parse_listen_address
 
 DEFAULT_POD_LOGS = "/var/log/pods"
 

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exporter.buckets import BucketOptions
+from exporter.sources.sockdiag.buckets import BucketOptions
 
 NETNS_ALL = "all"
 NETNS_SELF = "self"

@@ -22,13 +22,13 @@ from prometheus_client import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
-from exporter.collector import SnapshotCollector
 from exporter.config import Config
-from exporter.exposition import Exposition
-from exporter.poller import Poller
-from exporter.server import MetricsServer, WebLimits
-from exporter.webconfig import WebConfigError
-from exporter.webreload import WebReloader, load_web
+from exporter.engine.collector import SnapshotCollector
+from exporter.engine.exposition import Exposition
+from exporter.engine.poller import Poller
+from exporter.web.config import WebConfigError
+from exporter.web.reload import WebReloader, load_web
+from exporter.web.server import MetricsServer, WebLimits
 
 log = structlog.get_logger("timewait_exporter.daemon")
 T = TypeVar("T")

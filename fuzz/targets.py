@@ -31,14 +31,15 @@ sys.path.insert(0, str(ROOT))
 
 # Only the exporter's own modules are instrumented (not numpy, not the standard library).
 with atheris.instrument_imports(include=["exporter"]):
-    from exporter import discovery, pods
-    from exporter.buckets import BucketOptions
-    from exporter.capacity import PortPolicy
-    from exporter.socket_stats import SocketTally
-    from exporter.sources import SourceError, decode_text, inet_diag, netstat, slab, sockstat
+    from exporter.netns import discovery, pods
+    from exporter.sources import SourceError, decode_text, netstat, slab, sockstat
     from exporter.sources import sysctl as sysctl_source
-    from exporter.sources.inet_diag import DiagProtocolError, DumpInterrupted
-    from exporter.sources.sockdiag import _ends_dump
+    from exporter.sources.sockdiag import codec as inet_diag
+    from exporter.sources.sockdiag.buckets import BucketOptions
+    from exporter.sources.sockdiag.capacity import PortPolicy
+    from exporter.sources.sockdiag.codec import DiagProtocolError, DumpInterrupted
+    from exporter.sources.sockdiag.dump import _ends_dump
+    from exporter.sources.sockdiag.tally import SocketTally
 
 from tests.bytecode import audit, run_program  # noqa: E402
 

@@ -20,12 +20,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exporter.buckets import BucketOptions
-from exporter.capacity import PortPolicy
-from exporter.context import NetnsContext
-from exporter.netns import entered, namespace_inode
-from exporter.socket_stats import SocketStats, collect_socket_stats
-from exporter.sources.sockdiag import new_buffers
+from exporter.netns.context import NetnsContext
+from exporter.netns.enter import entered, namespace_inode
+from exporter.sources.sockdiag.buckets import BucketOptions
+from exporter.sources.sockdiag.capacity import PortPolicy
+from exporter.sources.sockdiag.dump import new_buffers
+from exporter.sources.sockdiag.tally import SocketStats, collect_socket_stats
 
 _names = itertools.count()
 

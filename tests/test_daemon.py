@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from exporter.collector import SnapshotCollector
 from exporter.config import Config
 from exporter.daemon import PollClock, poll_forever
-from exporter.poller import Poller
-from exporter.snapshot import Snapshot
+from exporter.engine.collector import SnapshotCollector
+from exporter.engine.poller import Poller
+from exporter.engine.snapshot import Snapshot
 from exporter.sources.slab import SYSFS_FILES
 from tests.exposition import samples, series, value
 from tests.kernel import wait_until

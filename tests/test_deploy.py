@@ -458,8 +458,8 @@ def test_tls_auth_web_config_is_valid_for_the_exporter(tmp_path: Path) -> None:
     the bcrypt of the password Prometheus is given."""
     import bcrypt
 
-    from exporter.tls import build_context
-    from exporter.webconfig import load_web_config
+    from exporter.web.config import load_web_config
+    from exporter.web.tls import build_context
 
     text = (OVERLAY_DIR / "web-config.yml").read_text()
     document = yaml.safe_load(text)

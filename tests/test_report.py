@@ -25,7 +25,7 @@ import jsonschema
 import pytest
 
 from exporter.config import Config
-from exporter.poller import Poller
+from exporter.engine.poller import Poller
 from exporter.report import engine, render_json
 from tests.conftest import FIXTURES, TREES
 from tests.kernel import Netns, server_closes_first, time_wait_pairs, wait_until

@@ -1,4 +1,4 @@
-"""Two polls `--window` apart on the poll engine of `serve` and `dump` (exporter.poller),
+"""Two polls `--window` apart on the poll engine of `serve` and `dump` (exporter.engine.poller),
 and the report built from them: one Report object, which both renderers print, so text
 and JSON always show the same numbers."""
 
@@ -8,8 +8,9 @@ import time
 from dataclasses import dataclass
 
 from exporter.config import Config
-from exporter.events import EventTable, OutboundTotals
-from exporter.poller import Poller
+from exporter.engine.poller import Poller
+from exporter.engine.snapshot import Snapshot
+from exporter.events.table import EventTable, OutboundTotals
 from exporter.report.findings import all_findings
 from exporter.report.model import (
     EVENTS,
@@ -31,7 +32,6 @@ from exporter.report.model import (
     states,
     views,
 )
-from exporter.snapshot import Snapshot
 
 MILLION = 1_000_000
 REPORT_VERSION = 1
@@ -140,7 +140,7 @@ def _port_range(view: NamespaceView) -> PortRange | None:
     ports = view.stats.ports if view.stats is not None else None
     available = ports.ephemeral_available if ports is not None else None
     if available is None and policy is not None:
-        from exporter.capacity import ephemeral_available
+        from exporter.sources.sockdiag.capacity import ephemeral_available
 
         available = ephemeral_available(policy)
     available = available if available is not None else high - low + 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from exporter.engine.snapshot import Snapshot
 from exporter.report.model import (
     DEFAULT_FIN_TIMEOUT,
     DEFAULT_PORT_RANGE,
@@ -23,7 +24,6 @@ from exporter.report.model import (
     reuse_value_covers,
     slab_caches,
 )
-from exporter.snapshot import Snapshot
 
 PORT_EXHAUSTION_RATIO = 0.8  # a bucket over this share of its capacity
 PORT_EXHAUSTION_CRITICAL = 0.95

@@ -9,7 +9,7 @@ bucket can still give out (its capacity minus its sockets that are not in TIME-W
 divided by 60 is the highest new-connection rate it can sustain when each closed
 connection holds its port for the whole 60 s.
 
-Where the namespace's socket-destroy listener (exporter/events.py) ran for the whole
+Where the namespace's socket-destroy listener (exporter/events/table.py) ran for the whole
 window, a bucket's rate now is exact instead: the connections toward it closed during the
 window, divided by the window (method "events"); elsewhere, the TIME-WAIT estimate
 (method "timewait").
@@ -21,10 +21,10 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from exporter.capacity import OutboundRow, PortPolicy
-from exporter.snapshot import HOST, Snapshot
-from exporter.socket_stats import SocketStats
+from exporter.engine.snapshot import HOST, Snapshot
 from exporter.sources.slab import SlabCache
+from exporter.sources.sockdiag.capacity import OutboundRow, PortPolicy
+from exporter.sources.sockdiag.tally import SocketStats
 from exporter.sources.sockstat import SockstatCounts
 from exporter.sources.sysctl import Sysctls
 

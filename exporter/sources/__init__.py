@@ -1,7 +1,7 @@
 """Kernel data sources: pure parse/decode functions plus thin readers, one source per module.
 
 A per-namespace reader takes `NetnsFiles`: descriptors opened inside that namespace
-(exporter/context.py), so no reader can pick up the ambient namespace by accident. A
+(exporter/netns/context.py), so no reader can pick up the ambient namespace by accident. A
 host-wide reader takes paths. Readers raise `SourceError` with a message fit for a log line
 when their input is missing or malformed.
 """

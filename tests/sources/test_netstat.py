@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.context import NetnsContext
+from exporter.netns.context import NetnsContext
 from exporter.sources import SourceError
 from exporter.sources.netstat import (
     DEFAULT_FIELDS,

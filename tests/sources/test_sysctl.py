@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.context import NetnsContext
+from exporter.netns.context import NetnsContext
 from exporter.sources import SourceError
 from exporter.sources.sysctl import (
     Sysctls,

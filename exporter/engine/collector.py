@@ -1,0 +1,153 @@
+"""A custom prometheus_client collector that renders the latest Snapshot.
+
+There are no global Gauge objects: every render builds its metric families from the
+snapshot it is handed, so a series whose socket bucket emptied, or whose namespace went
+away, simply is not rendered. The daemon renders once per poll (exposition.py), so a
+scrape costs the same however many namespaces the node has.
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+from collections import Counter
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from exporter import __version__
+from exporter.config import Config
+from exporter.engine import families as metrics
+from exporter.engine.registry import HOST_SOURCES, NETNS_SOURCES
+from exporter.engine.snapshot import HOST, Snapshot
+
+OUTCOMES = ("dumped", "skipped", "read", "deferred", "failed")
+
+
+class SnapshotCollector(Collector):
+    def __init__(self, config: Config | None = None) -> None:
+        self.config = config or Config()
+        self._snapshot: Snapshot | None = None
+        self._lock = threading.Lock()
+
+    def update(self, snapshot: Snapshot) -> None:
+        with self._lock:
+            self._snapshot = snapshot
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        with self._lock:
+            return self._snapshot
+
+    def describe(self) -> list[Metric]:
+        return []  # names vary with the snapshot; do not let register() call collect()
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self.snapshot
+        build = GaugeMetricFamily(
+            "tcptw_build_info",
+            "Build information of the timewait-exporter; always 1",
+            labels=["version", "python_version"],
+        )
+        build.add_metric([__version__, platform.python_version()], 1)
+        yield build
+        if snapshot is None:
+            return
+        yield from render(snapshot, self.config)
+
+
+def render(snapshot: Snapshot, config: Config) -> Iterator[Metric]:
+    yield from _self_metrics(snapshot)
+    yield GaugeMetricFamily(
+        "tcptw_poll_interval_seconds",
+        "--poll.interval: seconds between polls. The exporter is stale (/readyz fails) once "
+        "time() - tcptw_last_poll_timestamp_seconds exceeds 3 of them",
+        value=config.poll_interval,
+    )
+    yield from _namespaces(snapshot)
+    if snapshot.events is not None:
+        yield from metrics.render_events(snapshot.events)
+    for source in NETNS_SOURCES:
+        yield from source.metrics(snapshot, config)
+    for host_source in HOST_SOURCES:
+        yield from host_source.metrics(snapshot, config)
+
+
+def _self_metrics(snapshot: Snapshot) -> Iterator[Metric]:
+    success = GaugeMetricFamily(
+        "tcptw_source_success",
+        "1 when the source was read successfully in the namespace's last poll, 0 when it "
+        'failed; netns="" for host-wide sources',
+        labels=["netns", "source"],
+    )
+    duration = GaugeMetricFamily(
+        "tcptw_source_duration_seconds",
+        "Time a host-wide source took in the last poll (per namespace, all sources "
+        "together: tcptw_netns_poll_duration_seconds)",
+        labels=["netns", "source"],
+    )
+    for result in snapshot.results:
+        success.add_metric([result.netns, result.source], 1 if result.ok else 0)
+        if result.netns == HOST:
+            duration.add_metric([result.netns, result.source], result.duration_seconds)
+    yield success
+    yield duration
+    yield GaugeMetricFamily(
+        "tcptw_poll_duration_seconds",
+        "Wall time of the last complete poll of all namespaces and sources",
+        value=snapshot.duration_seconds,
+    )
+    yield GaugeMetricFamily(
+        "tcptw_last_poll_timestamp_seconds",
+        "Unix time at which the last complete poll started; a value that stops moving "
+        "means polls hang (the staleness signal: compare with tcptw_poll_interval_seconds)",
+        value=snapshot.started_at,
+    )
+    yield CounterMetricFamily(
+        "tcptw_poll_overruns",
+        "Polls that outlasted the poll interval (the next poll was delayed, never overlapped)",
+        value=snapshot.poll_overruns,
+    )
+
+
+def _namespaces(snapshot: Snapshot) -> Iterator[Metric]:
+    if not snapshot.namespaces:
+        return
+    info = GaugeMetricFamily(
+        "tcptw_netns_info",
+        "One series per polled network namespace, always 1: its pod where it belongs to one "
+        "(names from kubelet's pod log directories, UID from the cgroup path), else empty",
+        labels=["netns", "k8s_namespace_name", "k8s_pod_name", "k8s_pod_uid"],
+    )
+    age = GaugeMetricFamily(
+        "tcptw_netns_poll_age_seconds",
+        "How much older than the last poll the namespace's figures are: 0 when read by it, "
+        "more when the poll ran out of its interval and kept the last figures",
+        labels=["netns"],
+    )
+    took = GaugeMetricFamily(
+        "tcptw_netns_poll_duration_seconds",
+        "Time all sources of the namespace took when it was last read",
+        labels=["netns"],
+    )
+    outcomes: Counter[str] = Counter()
+    for ns in snapshot.namespaces:
+        info.add_metric([ns.label, ns.k8s_namespace, ns.k8s_pod_name, ns.k8s_pod_uid], 1)
+        outcomes[ns.outcome] += 1
+        if ns.read_at is not None:
+            age.add_metric([ns.label], max(0.0, snapshot.started_at - ns.read_at))
+            took.add_metric([ns.label], ns.duration_seconds)
+    yield info
+    yield age
+    yield took
+    count = GaugeMetricFamily(
+        "tcptw_poll_namespaces",
+        "Namespaces in the last poll by outcome: dumped, skipped (sockstat showed no TCP "
+        "socket, so no dump was needed), read (the sockdiag collector is off), deferred "
+        "(figures kept from an earlier poll), failed (could not be opened)",
+        labels=["outcome"],
+    )
+    for outcome in OUTCOMES:
+        count.add_metric([outcome], outcomes[outcome])
+    yield count

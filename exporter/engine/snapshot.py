@@ -1,0 +1,49 @@
+"""One immutable snapshot per poll: what every source returned, or why it failed, and
+which namespaces were polled."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from exporter.events.table import EventsSnapshot
+
+HOST = ""  # the `netns` of host-wide results (slab, sockstat's global counters)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceResult:
+    source: str
+    netns: str  # the namespace label; HOST for host-wide sources
+    ok: bool
+    duration_seconds: float
+    # The source's immutable result when ok: the type its registry entry's read returns.
+    data: object = None
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceInfo:
+    label: str
+    inode: int | None
+    k8s_namespace: str = ""
+    k8s_pod_name: str = ""
+    k8s_pod_uid: str = ""
+    # Unix start time of the poll whose figures are shown; None: never read yet.
+    read_at: float | None = None
+    duration_seconds: float = 0.0  # of its last poll
+    outcome: str = "dumped"  # dumped, skipped (no TCP socket), deferred, failed
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    results: tuple[SourceResult, ...]
+    started_at: float  # unix time the poll started
+    duration_seconds: float
+    namespaces: tuple[NamespaceInfo, ...] = ()
+    poll_overruns: int = 0
+    events: EventsSnapshot | None = None  # None: --no-events, or not serving
+
+    def successful(self, source: str) -> list[SourceResult]:
+        return [r for r in self.results if r.source == source and r.ok]
