@@ -1,6 +1,6 @@
-"""The serve loop: asyncio (on uvloop when installed), polls in a worker thread, HTTP on
-the loop. Netlink and file I/O never run on the event loop (uvloop cannot open AF_NETLINK
-endpoints, and a blocking dump would stall scrapes)."""
+"""The serve loop: asyncio on uvloop (a dependency: the exporter is Linux-only), polls in a
+worker thread, HTTP on the loop. Netlink and file I/O never run on the event loop (uvloop
+cannot open AF_NETLINK endpoints, and a blocking dump would stall scrapes)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import structlog
+import uvloop
 from prometheus_client import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
@@ -26,13 +27,15 @@ from exporter.config import Config
 from exporter.engine.collector import SnapshotCollector
 from exporter.engine.exposition import Exposition
 from exporter.engine.poller import Poller
+from exporter.thresholds import DEFAULT as THRESHOLDS
 from exporter.web.config import WebConfigError
-from exporter.web.reload import WebReloader, load_web
+from exporter.web.reload import LoadedWeb, WebReloader, load_web
 from exporter.web.server import MetricsServer, WebLimits
 
 log = structlog.get_logger("timewait_exporter.daemon")
 T = TypeVar("T")
-STALE_INTERVALS = 3  # /readyz fails once the last poll is this many intervals old
+# /readyz fails once the last poll is this many intervals old (TimewaitExporterStale's too).
+STALE_INTERVALS = THRESHOLDS.stale_intervals
 
 
 def _malloc_trim() -> Callable[[], object]:
@@ -109,15 +112,18 @@ async def poll_forever(
     interval: float,
     exposition: Exposition | None = None,
     clock: PollClock | None = None,
+    busy: threading.Lock | None = None,
 ) -> None:
     """Poll every `interval` seconds; a poll that outlasts the interval delays the next
     one (polls never overlap) and counts as an overrun. Each poll is given the interval
-    as its budget (see poller.py) and is rendered in its own thread."""
+    as its budget (see poller.py) and is rendered in its own thread, holding `busy` (serve
+    closes the poller only when it can take that lock)."""
     overruns = 0
     next_start = time.monotonic()
 
     def poll_and_render(overruns: int) -> None:
-        snapshot = poller.poll_once(budget=interval)
+        with busy if busy is not None else contextlib.nullcontext():
+            snapshot = poller.poll_once(budget=interval)
         collector.update(dataclasses.replace(snapshot, poll_overruns=overruns))
         if exposition is not None:
             exposition.refresh()
@@ -154,6 +160,23 @@ async def serve(config: Config) -> None:
     except WebConfigError as exc:
         raise StartupError(f"--web.config.file {config.web_config_file}: {exc}") from None
     poller = Poller(config, events=config.events)
+    busy = threading.Lock()  # held by the poll in progress
+    try:
+        await _serve(config, web_config, poller, busy)
+    finally:
+        # Close the namespaces' sockets and the event listeners, unless a poll still uses
+        # them (a hung poll, at shutdown: its daemon thread is abandoned, and the process
+        # exit reclaims them). The lock stays taken: a poll thread started meanwhile waits
+        # for the exit instead of polling a closed poller.
+        if busy.acquire(blocking=False):
+            poller.close()
+        else:
+            log.debug("a poll is still running: the poller is left to the process exit")
+
+
+async def _serve(
+    config: Config, web_config: LoadedWeb, poller: Poller, busy: threading.Lock
+) -> None:
     collector = SnapshotCollector(config)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
@@ -196,7 +219,7 @@ async def serve(config: Config) -> None:
         collectors=sorted(config.collectors) if config.collectors is not None else "all",
     )
     poll_task = asyncio.create_task(
-        poll_forever(poller, collector, config.poll_interval, exposition, clock)
+        poll_forever(poller, collector, config.poll_interval, exposition, clock, busy)
     )
     await stop.wait()
     log.info("shutting down")
@@ -214,12 +237,7 @@ def _on_sighup(reloader: WebReloader | None) -> None:
 
 
 def run(config: Config) -> None:
-    try:
-        import uvloop
-    except ImportError:  # uvloop is optional at run time; the stdlib loop serves too
-        asyncio.run(serve(config))
-    else:
-        uvloop.run(serve(config))
+    uvloop.run(serve(config))
     if any(t.daemon and t.is_alive() for t in threading.enumerate()):
         # A poll still runs. Interpreter shutdown would stop its thread with
         # pthread_exit() when it next takes the GIL, and that forced unwind aborts the

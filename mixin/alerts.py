@@ -19,27 +19,14 @@ from mixin import recording
 from mixin.config import MixinConfig
 from mixin.recording import NETNS, by, on, sel, with_pod
 
-# Outbound utilisation thresholds (the dashboards use the same). Compared with >=: where
-# clients bind() before connect(), capacity is an upper bound (sock_diag cannot tell those
-# ports from connect()'s), and connect() has been seen failing at exactly 90 of 100.
-WARNING = 0.8
-CRITICAL = 0.9
-# The predictive alert: ratio extrapolated over prediction_window reaches 1.0 (used =
-# capacity) within this many seconds, and the bucket is already this full.
-HORIZON_SECONDS = 3600
-PREDICTION_FLOOR = 0.5
-# TIME-WAIT sockets / tcp_max_tw_buckets.
-TW_BUCKETS_WARNING = 0.8
-# Connections closed per second / the sustainable rate (capacity / 60 s).
-RATE_WARNING = 0.8
-# Stale: the last poll is older than this many poll intervals (what /readyz checks).
-STALE_INTERVALS = 3
+# Every threshold comes from config.thresholds (exporter/thresholds.py: utilisation,
+# TIME-WAIT / tcp_max_tw_buckets, rate / sustainable, stale intervals) or, for the
+# predictive alert, config.prediction_*; all are compared with >= except staleness.
 
 WHERE = (
     "{{ if $labels.k8s_pod_name }}pod {{ $labels.k8s_namespace_name }}/{{ $labels.k8s_pod_name }}"
     "{{ else }}netns {{ $labels.netns }}{{ end }} on {{ $labels.instance }}"
 )
-NETNS_WHERE = "netns {{ $labels.netns }} on {{ $labels.instance }}"
 DESTINATION = (
     "{{ if $labels.remote_addr }}from {{ $labels.local_addr }} to {{ $labels.remote_addr }}:"
     "{{ $labels.remote_port }}{{ else }}to one destination{{ end }}"
@@ -88,18 +75,27 @@ def bucket_exhaustion(config: MixinConfig, threshold: float) -> str:
     )
 
 
+def span(seconds: int) -> str:
+    """3600 -> "an hour", 7200 -> "2 hours", 1800 -> "30 minutes"."""
+    for unit, size, one in (("hour", 3600, "an hour"), ("minute", 60, "a minute")):
+        if seconds % size == 0:
+            return one if seconds == size else f"{seconds // size} {unit}s"
+    return "a second" if seconds == 1 else f"{seconds} seconds"
+
+
 def ports(config: MixinConfig) -> list[dict[str, Any]]:
     d = config.durations
+    t = config.thresholds
     rules = []
     for severity, threshold, consequence in (
         (
             "warning",
-            WARNING,
+            t.port_warning,
             "connect() to that destination fails with EADDRNOTAVAIL once they are all held",
         ),
         (
             "critical",
-            CRITICAL,
+            t.port_critical,
             "connect() to that destination is failing with EADDRNOTAVAIL or about to (below "
             "100% already where clients bind() before connect())",
         ),
@@ -121,18 +117,21 @@ def ports(config: MixinConfig) -> list[dict[str, Any]]:
             )
         )
     ratio = sel(config, recording.OUTBOUND_BUCKET_RATIO)
+    horizon = span(config.prediction_horizon_seconds)
+    floor = f"{config.prediction_floor:.0%} or more"
     rules.append(
         alert(
             config,
             "TcpEphemeralPortExhaustionPredicted",
-            f"predict_linear({ratio}[{config.prediction_window}], {HORIZON_SECONDS}) >= 1\n"
-            f"and {ratio} >= {PREDICTION_FLOOR}",
+            f"predict_linear({ratio}[{config.prediction_window}], "
+            f"{config.prediction_horizon_seconds}) >= 1\n"
+            f"and {ratio} >= {config.prediction_floor}",
             "warning",
             d.predicted,
-            f"Ephemeral ports {DESTINATION} will run out within an hour in {WHERE}",
+            f"Ephemeral ports {DESTINATION} will run out within {horizon} in {WHERE}",
             f"At the trend of the last {config.prediction_window}, outbound connections "
             f"{DESTINATION} in {WHERE} will hold {PERCENT} of the local ports connect() may "
-            "pick in an hour (more than half are held now); at 100% connect() to that "
+            f"pick in {horizon} ({floor} are held now); at 100% connect() to that "
             "destination fails with EADDRNOTAVAIL.",
         )
     )
@@ -140,7 +139,7 @@ def ports(config: MixinConfig) -> list[dict[str, Any]]:
         alert(
             config,
             "TcpConnectionRateNearSustainable",
-            f"{sel(config, recording.OUTBOUND_RATE_RATIO)} >= {RATE_WARNING}",
+            f"{sel(config, recording.OUTBOUND_RATE_RATIO)} >= {t.rate_warning}",
             "warning",
             d.exhaustion,
             f"New connections {DESTINATION} at {PERCENT} of the sustainable rate in {WHERE}",
@@ -154,7 +153,7 @@ def ports(config: MixinConfig) -> list[dict[str, Any]]:
             "fails with EADDRNOTAVAIL.",
         )
     )
-    for severity, threshold in (("warning", WARNING), ("critical", CRITICAL)):
+    for severity, threshold in (("warning", t.port_warning), ("critical", t.port_critical)):
         rules.append(
             alert(
                 config,
@@ -183,6 +182,7 @@ def netns_rate(config: MixinConfig, metric: str) -> str:
 
 def timewait(config: MixinConfig) -> list[dict[str, Any]]:
     d = config.durations
+    near_limit = config.thresholds.timewait_buckets_warning
     overflow = with_pod(config, sel(config, recording.tw_overflow_rate(config)))
     tw = f"max {by(config, *NETNS)} ({smoothed(config, 'tcptw_sockstat_tcp_tw')})"
     limit = f"max {by(config, *NETNS)} ({sel(config, 'tcptw_sysctl_tcp_max_tw_buckets')} > 0)"
@@ -204,13 +204,13 @@ def timewait(config: MixinConfig) -> list[dict[str, Any]]:
         alert(
             config,
             "TcpTimeWaitNearMaxBuckets",
-            f"(\n{near}\n) >= {TW_BUCKETS_WARNING}",
+            f"(\n{near}\n) >= {near_limit}",
             "warning",
             d.timewait,
             f"TIME-WAIT sockets at {PERCENT} of tcp_max_tw_buckets in {WHERE}",
             f"TIME-WAIT sockets in {WHERE} reach {PERCENT} of net.ipv4.tcp_max_tw_buckets "
             f"(the peak of every {config.smoothing_window} window has been "
-            f"{TW_BUCKETS_WARNING:.0%} or more for {d.timewait}). At the limit, "
+            f"{near_limit:.0%} or more for {d.timewait}). At the limit, "
             "TCPTimeWaitOverflow starts and closing sockets skip TIME-WAIT.",
         ),
         alert(
@@ -254,6 +254,7 @@ def timewait(config: MixinConfig) -> list[dict[str, Any]]:
 
 def exporter(config: MixinConfig) -> list[dict[str, Any]]:
     d = config.durations
+    stale_intervals = config.thresholds.stale_intervals
     keep = by(config, "instance", "job")
     last = sel(config, "tcptw_last_poll_timestamp_seconds")
     interval = sel(config, "tcptw_poll_interval_seconds")
@@ -301,13 +302,13 @@ def exporter(config: MixinConfig) -> list[dict[str, Any]]:
             # than the poll interval does not count as staleness.
             f"max {keep} (timestamp({last}) - {last})\n"
             f"/ max {keep} ({interval})\n"
-            f"> {STALE_INTERVALS}",
+            f"> {stale_intervals}",
             "warning",
             d.stale,
             "timewait-exporter polls on {{ $labels.instance }} have stopped",
             "The last complete poll on {{ $labels.instance }} is "
             f'{{{{ $value | printf "%.1f" }}}} poll intervals old (more than '
-            f"{STALE_INTERVALS}): a poll hangs, and /metrics keeps answering with frozen "
+            f"{stale_intervals}): a poll hangs, and /metrics keeps answering with frozen "
             "figures (tcptw_source_success stays 1), so every alert on that node is blind.",
         ),
         alert(

@@ -143,7 +143,8 @@ def exhaustion(config: MixinConfig) -> tuple[str, str, str]:
     return (
         f"""
 The sockets of one outbound bucket, (`local_addr`, `remote_addr`, `remote_port`) of the
-alert, hold at least {alerts.WARNING:.0%} (warning) or {alerts.CRITICAL:.0%} (critical) of
+alert, hold at least {config.thresholds.port_warning:.0%} (warning) or
+{config.thresholds.port_critical:.0%} (critical) of
 the local ports `connect()` may pick: `ip_local_port_range` less `ip_local_reserved_ports`
 less ports held by listeners. At 100% the next `connect()` toward that destination fails
 with `EADDRNOTAVAIL` ("Cannot assign requested address"). Each socket holds its port in any
@@ -185,7 +186,7 @@ def connection_rate(config: MixinConfig) -> tuple[str, str, str]:
     return (
         f"""
 Connections toward one outbound bucket (`local_addr`, `remote_addr`, `remote_port` of the
-alert) close at {alerts.RATE_WARNING:.0%} or more of the rate its ports can sustain. Each
+alert) close at {config.thresholds.rate_warning:.0%} or more of the rate its ports can sustain. Each
 closed connection holds its local port in TIME-WAIT for 60 s (`TCP_TIMEWAIT_LEN`), so a
 bucket with `capacity` usable ports sustains `capacity / 60` connections a second: about
 470/s with the default range. Above that, its ports run out and `connect()` fails with
@@ -226,7 +227,8 @@ def predicted(config: MixinConfig) -> tuple[str, str, str]:
     return (
         f"""
 A linear fit of the bucket's utilisation over the last `{config.prediction_window}`
-reaches 100% within an hour, and the bucket is more than half full already. At 100%
+reaches 100% within {alerts.span(config.prediction_horizon_seconds)}, and the bucket is
+{config.prediction_floor:.0%} full or more already. At 100%
 `connect()` toward `remote_addr:remote_port` fails with `EADDRNOTAVAIL`.
 TcpEphemeralPortExhaustion follows if the trend holds.
 """,
@@ -257,8 +259,8 @@ ss -Htanp state close-wait '( dst <remote_addr> and dport = :<remote_port> )' | 
 def range_exhaustion(config: MixinConfig) -> tuple[str, str, str]:
     return (
         f"""
-Sockets of the namespace hold at least {alerts.WARNING:.0%} (warning) or
-{alerts.CRITICAL:.0%} (critical) of the distinct ports in `ip_local_port_range` less
+Sockets of the namespace hold at least {config.thresholds.port_warning:.0%} (warning) or
+{config.thresholds.port_critical:.0%} (critical) of the distinct ports in `ip_local_port_range` less
 `ip_local_reserved_ports` (smoothed over `{config.smoothing_window}`). Plain `connect()`
 shares a port between destinations, but `bind()` to port 0 needs a port nobody holds: once
 none is free it fails with `EADDRINUSE`, whatever the destination, and so do clients that
@@ -317,7 +319,7 @@ def tw_near_max(config: MixinConfig) -> tuple[str, str, str]:
     return (
         f"""
 TIME-WAIT sockets of the namespace (`/proc/net/sockstat` `tw`) reach
-{alerts.TW_BUCKETS_WARNING:.0%} of `net.ipv4.tcp_max_tw_buckets`. At the limit,
+{config.thresholds.timewait_buckets_warning:.0%} of `net.ipv4.tcp_max_tw_buckets`. At the limit,
 TcpTimeWaitOverflow follows: closing connections skip TIME-WAIT. The count is the closing
 rate times 60 s, so it follows the connection churn.
 """,
@@ -474,7 +476,7 @@ timewait-exporter dump --netns=<netns> > /dev/null       # one poll, errors on s
 def stale(config: MixinConfig) -> tuple[str, str, str]:
     return (
         f"""
-The last complete poll is more than {alerts.STALE_INTERVALS} poll intervals old
+The last complete poll is more than {config.thresholds.stale_intervals} poll intervals old
 (`tcptw_last_poll_timestamp_seconds` against `tcptw_poll_interval_seconds`, as of each
 scrape). A poll hangs, typically in a read under `/proc` or `/sys` (those reads have no
 timeout). `/metrics` keeps answering with the last figures and `tcptw_source_success` stays

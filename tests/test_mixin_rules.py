@@ -415,9 +415,10 @@ def test_exhaustion_fires_through_single_sample_dips() -> None:
             ratio = [
                 u / c if u is not None and c else 1.0 for u, c in zip(used, capacity, strict=True)
             ]
+            critical = DEFAULT.thresholds.port_critical
             for k in range(1, len(ratio) - 1):
-                low = ratio[k] < alerts.CRITICAL
-                if low and ratio[k - 1] >= alerts.CRITICAL and ratio[k + 1] >= alerts.CRITICAL:
+                low = ratio[k] < critical
+                if low and ratio[k - 1] >= critical and ratio[k + 1] >= critical:
                     dipping.add(labels["netns"])
     assert dipping, "no jittery series (single-sample dips) that still fires critical"
 

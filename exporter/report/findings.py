@@ -24,10 +24,11 @@ from exporter.report.model import (
     reuse_value_covers,
     slab_caches,
 )
+from exporter.thresholds import DEFAULT, Thresholds
 
-PORT_EXHAUSTION_RATIO = 0.8  # a bucket over this share of its capacity
-PORT_EXHAUSTION_CRITICAL = 0.95
-TIMEWAIT_NEAR_LIMIT = 0.9  # TIME-WAIT sockets at this share of tcp_max_tw_buckets
+# port-exhaustion and timewait-overflow compare with the alerts' thresholds
+# (exporter/thresholds.py); the rest are the report's own.
+THRESHOLDS: Thresholds = DEFAULT
 TW_REUSE_SHARE = 0.25  # outbound TIME-WAIT holding this share of a bucket's capacity
 SERVER_CLOSES_MIN = 50  # inbound TIME-WAIT sockets on one local port
 SERVER_CLOSES_SHARE = 0.5  # ... and more than this share of that port's inbound sockets
@@ -40,13 +41,14 @@ def _pct(ratio: float) -> str:
 
 def port_exhaustion(all_views: list[NamespaceView], second: Snapshot) -> list[Finding]:
     """A namespace's highest outbound bucket ratio (tcptw_outbound_port_utilization_max
-    _ratio, over every bucket) is over 0.8."""
+    _ratio, over every bucket) reaches Thresholds.port_warning (0.8); critical from
+    port_critical (0.9)."""
     found = []
     for view in all_views:
         if view.stats is None or view.stats.ports is None:
             continue
         ports = view.stats.ports
-        if ports.max_ratio <= PORT_EXHAUSTION_RATIO:
+        if ports.max_ratio < THRESHOLDS.port_warning:
             continue
         top = buckets(view)
         evidence: dict[str, float | int | str] = {
@@ -68,7 +70,7 @@ def port_exhaustion(all_views: list[NamespaceView], second: Snapshot) -> list[Fi
         found.append(
             Finding(
                 "port-exhaustion",
-                "critical" if ports.max_ratio >= PORT_EXHAUSTION_CRITICAL else "warning",
+                "critical" if ports.max_ratio >= THRESHOLDS.port_critical else "warning",
                 view.label,
                 f"{where}: {_pct(ports.max_ratio)} of {ports.capacity:,} usable local ports "
                 "in use; connect() fails with EADDRNOTAVAIL at 100 %",
@@ -85,13 +87,14 @@ def port_exhaustion(all_views: list[NamespaceView], second: Snapshot) -> list[Fi
 
 def timewait_overflow(all_views: list[NamespaceView], second: Snapshot) -> list[Finding]:
     """TCPTimeWaitOverflow rose between the two polls, or the namespace's TIME-WAIT
-    sockets (sockstat tw) reach 90 % of tcp_max_tw_buckets."""
+    sockets (sockstat tw) reach Thresholds.timewait_buckets_warning (80 %) of
+    tcp_max_tw_buckets."""
     found = []
     for view in all_views:
         rose = view.delta("TCPTimeWaitOverflow")
         limit = view.sysctl("tcp_max_tw_buckets")
         tw = view.sockstat.tw if view.sockstat is not None else None
-        near = bool(tw is not None and limit and tw >= TIMEWAIT_NEAR_LIMIT * limit)
+        near = bool(tw is not None and limit and tw >= THRESHOLDS.timewait_buckets_warning * limit)
         if not near and not rose:
             continue
         evidence: dict[str, float | int | str] = {}

@@ -68,8 +68,25 @@ DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 VARIABLE_REF_ID = "PrometheusVariableQueryEditor-VariableQuery"
 TAGS = ["tcp", "time-wait", "timewait-exporter"]
 
-# Utilisation thresholds, the same as the alerts': warning from 0.8, critical from 0.9.
-RATIO_STEPS = ((None, "green"), (0.8, "orange"), (0.9, "red"))
+Steps = tuple[tuple[float | None, str], ...]
+
+
+def port_steps(config: MixinConfig) -> Steps:
+    """Port utilisation colours, the alerts' thresholds: orange from warning, red from
+    critical (also the dashed lines of threshold_lines panels)."""
+    t = config.thresholds
+    return ((None, "green"), (t.port_warning, "orange"), (t.port_critical, "red"))
+
+
+def limit_steps(warning: float) -> Steps:
+    """A ratio to a hard limit (TIME-WAIT / tcp_max_tw_buckets, rate / sustainable): orange
+    from its alert's threshold, red at the limit itself."""
+    return ((None, "green"), (warning, "orange"), (1.0, "red"))
+
+
+def pct(ratio: float) -> str:
+    """0.8 -> "80 %", for panel descriptions that quote a threshold."""
+    return f"{100 * ratio:g} %"
 
 
 def by(config: MixinConfig, *labels: str) -> str:

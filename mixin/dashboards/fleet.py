@@ -7,7 +7,6 @@ from typing import Any
 from mixin.config import MixinConfig
 from mixin.dashboards.common import (
     POD,
-    RATIO_STEPS,
     Column,
     Look,
     Table,
@@ -18,7 +17,9 @@ from mixin.dashboards.common import (
     graph,
     grid,
     legend,
+    limit_steps,
     on,
+    port_steps,
     sel,
     single,
 )
@@ -48,6 +49,7 @@ WIDTH_STEPS = ((None, "red"), (4096, "orange"), (16384, "green"))
 
 
 def _exhaustion(c: MixinConfig) -> list[Any]:
+    t = c.thresholds
     worst = sel(c, NETNS_MAX_RATIO, POD, netns=True)
     ranked = f"topk(50, max {by(c, *POD_LABELS)} ({worst}))"
     ephemeral = sel(c, EPHEMERAL_IN_USE_RATIO, POD, netns=True)
@@ -58,7 +60,8 @@ def _exhaustion(c: MixinConfig) -> list[Any]:
             "The 50 namespaces (with their pod) whose fullest outbound bucket is closest to its "
             "capacity, and how much of the ephemeral range bind(0) competes for is taken. "
             '1.0 in "worst bucket" means the next connect() toward that destination fails '
-            "with EADDRNOTAVAIL. Above 0.8: open the node dashboard for this namespace to see "
+            f"with EADDRNOTAVAIL. Above {c.thresholds.port_warning:g}: open the node dashboard "
+            "for this namespace to see "
             "the destination, then widen ip_local_port_range, add destination addresses or "
             "ports, pool and keep connections alive, or enable tcp_tw_reuse (with "
             "timestamps) on the client. A high ephemeral share with a low worst bucket points "
@@ -69,7 +72,7 @@ def _exhaustion(c: MixinConfig) -> list[Any]:
                         Target(ranked),
                         "worst bucket",
                         "percentunit",
-                        RATIO_STEPS,
+                        port_steps(c),
                         gauge=True,
                         max=1,
                     ),
@@ -80,7 +83,7 @@ def _exhaustion(c: MixinConfig) -> list[Any]:
                         ),
                         "ephemeral range in use",
                         "percentunit",
-                        RATIO_STEPS,
+                        port_steps(c),
                         gauge=True,
                         max=1,
                     ),
@@ -97,7 +100,7 @@ def _exhaustion(c: MixinConfig) -> list[Any]:
             "namespaces). A bar at 1.0 means connect() toward some destination is failing "
             "there now; pick the node as $instance in the node dashboard.",
             [Target(f"topk(10, max {by(c, 'instance')} ({worst}))", legend(c, "{{instance}}"))],
-            Look(unit="percentunit", max=1, steps=RATIO_STEPS, width=10, height=10),
+            Look(unit="percentunit", max=1, steps=port_steps(c), width=10, height=10),
         ),
         grid(
             c,
@@ -117,7 +120,7 @@ def _exhaustion(c: MixinConfig) -> list[Any]:
                         ),
                         "utilisation",
                         "percentunit",
-                        RATIO_STEPS,
+                        port_steps(c),
                         gauge=True,
                         max=1,
                     )
@@ -131,7 +134,8 @@ def _exhaustion(c: MixinConfig) -> list[Any]:
             "Worst outbound utilisation over time",
             "The 10 namespaces with the fullest outbound bucket at each instant. Utilisation "
             "dips for a moment whenever a batch of TIME-WAIT sockets expires, so judge the "
-            "trend, not single samples. Sustained above 0.9 (dashed lines at 0.8 and 0.9): "
+            f"trend, not single samples. Sustained above {t.port_critical:g} (dashed lines at "
+            f"{t.port_warning:g} and {t.port_critical:g}): "
             "connect() failures are imminent or happening; see the table above for the pod "
             "and destination.",
             [
@@ -140,12 +144,13 @@ def _exhaustion(c: MixinConfig) -> list[Any]:
                     legend(c, "{{instance}} {{netns}}"),
                 )
             ],
-            Look(unit="percentunit", max=1, steps=RATIO_STEPS, threshold_lines=True, width=24),
+            Look(unit="percentunit", max=1, steps=port_steps(c), threshold_lines=True, width=24),
         ),
     ]
 
 
 def _timewait(c: MixinConfig) -> list[Any]:
+    t = c.thresholds
     tw = sel(c, "tcptw_sockstat_tcp_tw", netns=True)
     buckets = sel(c, "tcptw_sysctl_tcp_max_tw_buckets", netns=True)
     netns = by(c, "instance", "netns")
@@ -171,7 +176,9 @@ def _timewait(c: MixinConfig) -> list[Any]:
             "The 10 namespaces closest to tcp_max_tw_buckets (sockstat's tw count over the "
             "sysctl). At 1.0 the kernel destroys new TIME-WAIT sockets at once "
             "(TCPTimeWaitOverflow rises), which can let delayed segments of an old connection "
-            "corrupt a new one. Reduce the connection churn, or raise tcp_max_tw_buckets.",
+            "corrupt a new one; the alert fires at "
+            f"{t.timewait_buckets_warning:g}. Reduce the connection churn, or raise "
+            "tcp_max_tw_buckets.",
             [
                 Target(
                     f"topk(10, max {netns} ({tw}) / {on(c, 'instance', 'netns')} "
@@ -179,7 +186,13 @@ def _timewait(c: MixinConfig) -> list[Any]:
                     legend(c, "{{instance}} {{netns}}"),
                 )
             ],
-            Look(unit="percentunit", max=1, steps=RATIO_STEPS, threshold_lines=True, width=12),
+            Look(
+                unit="percentunit",
+                max=1,
+                steps=limit_steps(t.timewait_buckets_warning),
+                threshold_lines=True,
+                width=12,
+            ),
         ),
         graph(
             "TIME-WAIT overflow (TCPTimeWaitOverflow)",
@@ -229,7 +242,7 @@ def _timewait(c: MixinConfig) -> list[Any]:
             "The 10 outbound buckets closest to the rate their ports sustain: connections "
             "closed per second over capacity / 60 s (buckets tcp_tw_reuse covers left out). "
             "At 1.0 the bucket's ports run out in TIME-WAIT and connect() fails with "
-            "EADDRNOTAVAIL; the alert fires at 0.8.",
+            f"EADDRNOTAVAIL; the alert fires at {t.rate_warning:g}.",
             [
                 Target(
                     f"topk(10, max {by(c, *BUCKET_LABELS)} "
@@ -240,7 +253,12 @@ def _timewait(c: MixinConfig) -> list[Any]:
                     ),
                 )
             ],
-            Look(unit="percentunit", steps=RATIO_STEPS, threshold_lines=True, width=12),
+            Look(
+                unit="percentunit",
+                steps=limit_steps(t.rate_warning),
+                threshold_lines=True,
+                width=12,
+            ),
         ),
     ]
 
@@ -364,6 +382,7 @@ def _posture(c: MixinConfig) -> list[Any]:
 
 
 def _health(c: MixinConfig) -> list[Any]:
+    stale = c.thresholds.stale_intervals
     node = by(c, "instance")
     return [
         single(
@@ -376,9 +395,9 @@ def _health(c: MixinConfig) -> list[Any]:
         ),
         single(
             "Oldest poll",
-            "How long ago the stalest exporter started its last complete poll. More than 3 "
-            "poll intervals means a hung poll: /metrics still answers with old figures and "
-            "tcptw_source_success 1, but nothing is current. Look at the exporter's log and "
+            "How long ago the stalest exporter started its last complete poll. More than "
+            f"{stale} poll intervals means a hung poll: /metrics still answers with old figures "
+            "and tcptw_source_success 1, but nothing is current. Look at the exporter's log and "
             "/readyz, and restart it.",
             [Target(f"max({sel(c, POLL_AGE)})")],
             Look(
@@ -406,12 +425,14 @@ def _health(c: MixinConfig) -> list[Any]:
         graph(
             "Poll age in poll intervals",
             "Age of each exporter's last complete poll, in poll intervals. Normal is below 1 "
-            "plus a scrape interval; above 3 (red line) the exporter is stale and the stale "
+            f"plus a scrape interval; above {stale} (red line) the exporter is stale and the stale "
             "alert fires: the poll is hung, figures are frozen. Restart the exporter and read "
             "its log.",
             [Target(f"max {node} ({sel(c, POLL_AGE_INTERVALS)})", legend(c, "{{instance}}"))],
             Look(
-                steps=((None, "green"), (2, "orange"), (3, "red")), threshold_lines=True, width=12
+                steps=((None, "green"), (max(stale - 1, 0.5), "orange"), (stale, "red")),
+                threshold_lines=True,
+                width=12,
             ),
         ),
         graph(

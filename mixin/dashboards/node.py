@@ -7,7 +7,6 @@ from typing import Any
 from mixin.config import MixinConfig
 from mixin.dashboards.common import (
     POD,
-    RATIO_STEPS,
     Column,
     Look,
     Table,
@@ -18,6 +17,8 @@ from mixin.dashboards.common import (
     grid,
     legend,
     on,
+    pct,
+    port_steps,
     sel,
 )
 from mixin.dashboards.fleet import TIMESTAMPS, TW_REUSE, WIDTH_STEPS
@@ -58,7 +59,8 @@ def _outbound(c: MixinConfig) -> list[Any]:
             "Per namespace, used/capacity of its fullest outbound bucket (TIME-WAIT sockets "
             "that tcp_tw_reuse can take over are not counted). 1.0 means connect() toward that "
             "destination fails with EADDRNOTAVAIL; dips for one sample are TIME-WAIT batches "
-            "expiring. Above 0.8 find the destination below, then pool connections, add "
+            f"expiring. Above {c.thresholds.port_warning:g} find the destination below, then "
+            "pool connections, add "
             "destination addresses or ports, widen ip_local_port_range or enable tcp_tw_reuse.",
             [
                 Target(
@@ -66,7 +68,7 @@ def _outbound(c: MixinConfig) -> list[Any]:
                     legend(c, "{{netns}}"),
                 )
             ],
-            Look(unit="percentunit", max=1, steps=RATIO_STEPS, threshold_lines=True),
+            Look(unit="percentunit", max=1, steps=port_steps(c), threshold_lines=True),
         ),
         graph(
             "Ephemeral ports in use vs available",
@@ -114,7 +116,7 @@ def _outbound(c: MixinConfig) -> list[Any]:
             "dashed: capacity / 60 s, since a connection closed from this side holds its port "
             "60 s in TIME-WAIT (the events also count connections the server closed first, "
             "which hold none). A rate line above its sustainable line exhausts the ports unless "
-            "tcp_tw_reuse covers the bucket; the alert fires at 80 %.",
+            f"tcp_tw_reuse covers the bucket; the alert fires at {pct(c.thresholds.rate_warning)}.",
             [
                 Target(
                     f"topk(10, {closes})",
@@ -147,7 +149,7 @@ def _outbound(c: MixinConfig) -> list[Any]:
                         Target(f"{used} / ({capacity} > 0) and {top}"),
                         "utilisation",
                         "percentunit",
-                        RATIO_STEPS,
+                        port_steps(c),
                         gauge=True,
                         max=1,
                     ),
