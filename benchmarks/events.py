@@ -65,7 +65,7 @@ def wait_ready(port: int, timeout: float = 20) -> None:
 
 
 def rcvbuf_obtained() -> int:
-    from exporter.events.table import EventSocket
+    from exporter.events.socket import EventSocket
 
     sock = EventSocket()
     try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import resource
 import subprocess
 import sys
@@ -31,7 +30,6 @@ from exporter.engine.collector import SnapshotCollector
 from exporter.engine.poller import Poller
 from exporter.netns.context import raise_fd_limit
 from exporter.netns.enter import entered
-from exporter.sources.netstat import DEFAULT_FIELDS
 from exporter.sources.sockdiag.dump import DiagSocket
 from exporter.sources.sockdiag.tally import SocketStats
 
@@ -52,7 +50,7 @@ def main() -> None:
     for name in sys.argv[1:]:
         with entered(f"/run/netns/{name}"):
             sockets.append(DiagSocket())
-    config = Config(netstat_fields=re.compile(DEFAULT_FIELDS))  # the CLI's defaults
+    config = Config()  # the CLI's defaults
     collector = SnapshotCollector(config)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)

@@ -101,7 +101,8 @@ def main() -> None:
         timewait[0] = sum(v for (_, state), v in stats.states.items() if state == "time_wait")
         ports = stats.ports
         in_buckets[0] = (
-            sum(r.timewait for r in (*ports.outbound, *ports.inbound))
+            sum(r.timewait for r in ports.outbound)
+            + sum(r.timewait for r in ports.inbound)
             + ports.outbound_rest.timewait
             + ports.inbound_rest.timewait
         )
@@ -113,7 +114,10 @@ def main() -> None:
         timewait[0] = len(out.splitlines())
 
     def run(argv: list[str]) -> Callable[[], None]:
-        return lambda: subprocess.run(argv, stdout=subprocess.DEVNULL, check=True)
+        def command() -> None:
+            subprocess.run(argv, stdout=subprocess.DEVNULL, check=True)
+
+        return command
 
     for line in sys.stdin:
         method = line.strip()

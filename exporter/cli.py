@@ -15,13 +15,12 @@ from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__, log
-from exporter.config import NETNS_ALL, NETNS_SELF, Config
+from exporter.config import DEFAULTS, NETNS_ALL, NETNS_SELF, Config
 from exporter.engine.collector import SnapshotCollector
 from exporter.engine.poller import Poller
-from exporter.engine.registry import COLLECTORS
+from exporter.engine.registry import COLLECTORS, FEEDS, SOURCES
 from exporter.netns.context import raise_fd_limit
-from exporter.sources.netstat import DEFAULT_FIELDS
-from exporter.sources.sockdiag.buckets import BucketOptions
+from exporter.sources.declare import option_values, options_of
 from exporter.web.server import parse_listen_address
 
 DEFAULT_POD_LOGS = "/var/log/pods"
@@ -39,20 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("serve", "dump", "report"),
         default="serve",
         help="serve (default): run the daemon; dump: one poll, exposition on stdout; "
-        "report: two polls --window apart, a diagnosis with findings and remedies",
+        "report: two polls --window apart, a diagnosis with findings and remedies"
     )
     web = parser.add_argument_group("web")
     web.add_argument(
         "--web.listen-address",
         dest="listen_address",
-        default=":9961",
-        help="[host]:port to listen on (default :9961, every address)",
+        default=DEFAULTS.listen_address,
+        help=f"[host]:port to listen on (default {DEFAULTS.listen_address}, every address)",
     )
     web.add_argument(
         "--web.telemetry-path",
         dest="telemetry_path",
-        default="/metrics",
-        help="path of the metrics page (default /metrics)",
+        default=DEFAULTS.telemetry_path,
+        help=f"path of the metrics page (default {DEFAULTS.telemetry_path})",
     )
     web.add_argument(
         "--web.config.file",
@@ -65,47 +64,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--web.max-requests",
         dest="max_requests",
         type=int,
-        default=40,
-        help="concurrent telemetry requests; more are answered 503 at once (default 40)",
+        default=DEFAULTS.max_requests,
+        help="concurrent telemetry requests; more are answered 503 at once "
+        f"(default {DEFAULTS.max_requests})",
     )
     web.add_argument(
         "--web.read-timeout",
         dest="read_timeout",
         type=float,
-        default=10.0,
-        help="seconds a client has to send a whole request head (default 10)",
+        default=DEFAULTS.read_timeout,
+        help="seconds a client has to send a whole request head "
+        f"(default {DEFAULTS.read_timeout:g})",
     )
     web.add_argument(
         "--web.idle-timeout",
         dest="idle_timeout",
         type=float,
-        default=120.0,
+        default=DEFAULTS.idle_timeout,
         help="seconds an idle keep-alive connection is kept; keep it above the scrape "
-        "interval (default 120)",
+        f"interval (default {DEFAULTS.idle_timeout:g})",
     )
     poll = parser.add_argument_group("polling")
     poll.add_argument(
         "--poll.interval",
         dest="poll_interval",
         type=float,
-        default=15.0,
-        help="seconds between polls (default 15); a poll starts no new namespace after "
-        "this long, and the ones left over keep their last figures",
+        default=DEFAULTS.poll_interval,
+        help=f"seconds between polls (default {DEFAULTS.poll_interval:g}); a poll starts no "
+        "new namespace after this long, and the ones left over keep their last figures",
     )
     poll.add_argument(
         "--poll.workers",
         dest="poll_workers",
         type=int,
-        default=2,
-        help="threads that poll namespaces side by side (default 2)",
-    )
-    poll.add_argument(
-        "--events",
-        dest="events",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="count connections closed per bucket from the kernel's socket-destroy "
-        "events (serve and report; default on where the kernel allows; needs sockdiag)",
+        default=DEFAULTS.poll_workers,
+        help=f"threads that poll namespaces side by side (default {DEFAULTS.poll_workers})",
     )
     poll.add_argument(
         "--netns",
@@ -142,48 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
             default=True,
             help=text,
         )
-    collectors.add_argument(
-        "--collector.netstat.fields",
-        dest="netstat_fields",
-        default=DEFAULT_FIELDS,
-        help="regex of TcpExt counters to export (default: %(default)s)",
-    )
-    buckets = parser.add_argument_group("buckets")
-    buckets.add_argument(
-        "--buckets.top",
-        dest="buckets_top",
-        type=int,
-        default=20,
-        help="largest buckets kept per direction across the whole node; the rest are "
-        "summed into one 'other' series per namespace (default 20)",
-    )
-    buckets.add_argument(
-        "--buckets.min-sockets",
-        dest="buckets_min_sockets",
-        type=int,
-        default=1,
-        help="smaller buckets are folded into 'other' (default 1)",
-    )
-    buckets.add_argument(
-        "--buckets.ipv4-prefix",
-        dest="ipv4_prefix",
-        type=int,
-        default=32,
-        help="group remote IPv4 addresses by this prefix length (default 32)",
-    )
-    buckets.add_argument(
-        "--buckets.ipv6-prefix",
-        dest="ipv6_prefix",
-        type=int,
-        default=128,
-        help="group remote IPv6 addresses by this prefix length (default 128)",
-    )
-    buckets.add_argument(
-        "--buckets.inbound-ports",
-        dest="inbound_ports",
-        default="",
-        help="comma-separated local ports to keep inbound buckets for (default: all)",
-    )
+    groups = {"collectors": collectors, "polling": poll}
+    for option in options_of([*SOURCES, *FEEDS]):
+        if option.group not in groups:
+            groups[option.group] = parser.add_argument_group(option.group)
+        option.add_to(groups[option.group])
     report = parser.add_argument_group("report")
     report.add_argument(
         "--window",
@@ -218,26 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def bucket_options(args: argparse.Namespace) -> BucketOptions:
-    ports: frozenset[int] | None = None
-    if args.inbound_ports:
-        words = [w.strip() for w in args.inbound_ports.split(",")]
-        if not all(w.isdigit() and 0 < int(w) < 65536 for w in words):
-            raise ValueError("--buckets.inbound-ports takes comma-separated ports 1-65535")
-        ports = frozenset(int(w) for w in words)
-    if args.buckets_top < 0 or args.buckets_min_sockets < 1:
-        raise ValueError("--buckets.top must be >= 0 and --buckets.min-sockets >= 1")
-    if not 0 <= args.ipv4_prefix <= 32 or not 0 <= args.ipv6_prefix <= 128:
-        raise ValueError("--buckets.ipv4-prefix is 0-32 and --buckets.ipv6-prefix 0-128")
-    return BucketOptions(
-        top=args.buckets_top,
-        min_sockets=args.buckets_min_sockets,
-        ipv4_prefix=args.ipv4_prefix,
-        ipv6_prefix=args.ipv6_prefix,
-        inbound_ports=ports,
-    )
-
-
 def netns_selection(text: str) -> str | frozenset[str]:
     if text in (NETNS_ALL, NETNS_SELF):
         return text
@@ -257,10 +193,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         netns=netns_selection(args.netns),
         netns_name=args.netns_name,
         collectors=frozenset(s for s in COLLECTORS if getattr(args, f"collector_{s}")),
-        netstat_fields=re.compile(args.netstat_fields),
+        options=option_values([*SOURCES, *FEEDS], args),
         poll_interval=args.poll_interval,
         poll_workers=args.poll_workers,
-        events=args.events,
         listen_address=args.listen_address,
         telemetry_path=args.telemetry_path,
         web_config_file=Path(args.web_config_file) if args.web_config_file else None,
@@ -269,7 +204,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
         idle_timeout=args.idle_timeout,
         log_level=args.log_level,
         log_format=args.log_format,
-        buckets=bucket_options(args),
     )
 
 
@@ -322,8 +256,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
-    except re.error as exc:
-        parser.error(f"--collector.netstat.fields is not a valid regex: {exc}")
     except ValueError as exc:
         parser.error(str(exc))
     problem = startup_problem(config) or path_problem(args)

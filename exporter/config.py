@@ -1,12 +1,12 @@
-"""Runtime configuration, built once from the command line."""
+"""Runtime configuration, built once from the command line. Every default lives here
+(the engine's and the web's) or in the Option a source declares (exporter/sources/
+declare.py); the CLI's flags read them from there."""
 
 from __future__ import annotations
 
-import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from exporter.sources.sockdiag.buckets import BucketOptions
 
 NETNS_ALL = "all"
 NETNS_SELF = "self"
@@ -21,10 +21,11 @@ class Config:
     netns: str | frozenset[str] = NETNS_ALL
     netns_name: str | None = None  # label of the exporter's own namespace; None: detect
     collectors: frozenset[str] | None = None  # None: every source
-    netstat_fields: re.Pattern[str] = field(default_factory=lambda: re.compile(".*"))
+    # Values of the options sources and feeds declare, by flag; a missing one is its
+    # Option's default.
+    options: Mapping[str, object] = field(default_factory=dict)
     poll_interval: float = 15.0
     poll_workers: int = 2
-    events: bool = True  # socket-destroy events (serve and report; never dump)
     listen_address: str = ":9961"
     telemetry_path: str = "/metrics"
     web_config_file: Path | None = None  # exporter-toolkit web config (TLS, basic auth)
@@ -33,7 +34,9 @@ class Config:
     idle_timeout: float = 120.0  # seconds a keep-alive connection may stay idle
     log_level: str = "info"
     log_format: str = "auto"
-    buckets: BucketOptions = field(default_factory=BucketOptions)
 
     def enabled(self, source: str) -> bool:
         return self.collectors is None or source in self.collectors
+
+
+DEFAULTS = Config()

@@ -27,6 +27,7 @@ from exporter.config import Config
 from exporter.engine.collector import SnapshotCollector
 from exporter.engine.exposition import Exposition
 from exporter.engine.poller import Poller
+from exporter.engine.registry import FEEDS
 from exporter.thresholds import DEFAULT as THRESHOLDS
 from exporter.web.config import WebConfigError
 from exporter.web.reload import LoadedWeb, WebReloader, load_web
@@ -159,7 +160,7 @@ async def serve(config: Config) -> None:
         web_config = load_web(config.web_config_file)
     except WebConfigError as exc:
         raise StartupError(f"--web.config.file {config.web_config_file}: {exc}") from None
-    poller = Poller(config, events=config.events)
+    poller = Poller(config, feeds=FEEDS)
     busy = threading.Lock()  # held by the poll in progress
     try:
         await _serve(config, web_config, poller, busy)

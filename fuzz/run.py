@@ -33,6 +33,7 @@ NAMES = (
     "tally",
     "bytecode",
     "netstat",
+    "snmp",
     "sockstat",
     "slab",
     "sysctl",

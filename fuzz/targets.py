@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import atheris
+import atheris  # type: ignore[import-untyped]  # types-atheris is partial: no FuzzedDataProvider
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 # Only the exporter's own modules are instrumented (not numpy, not the standard library).
 with atheris.instrument_imports(include=["exporter"]):
     from exporter.netns import discovery, pods
-    from exporter.sources import SourceError, decode_text, netstat, slab, sockstat
+    from exporter.sources import SourceError, decode_text, netstat, slab, snmp, sockstat
     from exporter.sources import sysctl as sysctl_source
     from exporter.sources.sockdiag import codec as inet_diag
     from exporter.sources.sockdiag.buckets import BucketOptions
@@ -170,6 +170,15 @@ def fuzz_netstat(data: bytes) -> None:
             netstat.snake_case(name)
 
 
+def fuzz_snmp(data: bytes) -> None:
+    for text in texts(data):
+        try:
+            values = snmp.parse_snmp_tcp(text)
+        except PARSE_ERRORS:
+            continue
+        assert all(isinstance(v, int) and v >= 0 for v in values.values())
+
+
 def fuzz_sockstat(data: bytes) -> None:
     for text in texts(data):
         try:
@@ -182,7 +191,7 @@ def fuzz_sockstat(data: bytes) -> None:
 def fuzz_slab(data: bytes) -> None:
     """/proc/slabinfo, and the input's first five lines as the sysfs files of a cache."""
     for text in texts(data):
-        with contextlib.suppress(PARSE_ERRORS):
+        with contextlib.suppress(*PARSE_ERRORS):
             slab.parse_slabinfo(text, 4096)
         lines = [*text.split("\n", len(slab.SYSFS_FILES) - 1), *[""] * len(slab.SYSFS_FILES)]
         try:
@@ -201,7 +210,7 @@ def fuzz_sysctl(data: bytes) -> None:
             sysctl_source.parse_port_range,
             sysctl_source.parse_port_list,
         ):
-            with contextlib.suppress(PARSE_ERRORS):
+            with contextlib.suppress(*PARSE_ERRORS):
                 parse(text)
         try:
             ranges = sysctl_source.parse_port_list(text)
@@ -276,6 +285,7 @@ TARGETS: dict[str, Target] = {
     "tally": Target(fuzz_tally, _tally_seeds),
     "bytecode": Target(fuzz_bytecode, _bytecode_seeds),
     "netstat": Target(fuzz_netstat, _files("trees/*/proc/net/netstat", "corrupt/netstat-*")),
+    "snmp": Target(fuzz_snmp, _files("trees/*/proc/net/snmp")),
     "sockstat": Target(fuzz_sockstat, _files("trees/*/proc/net/sockstat*", "corrupt/sockstat-*")),
     "slab": Target(fuzz_slab, _slab_seeds),
     "sysctl": Target(

@@ -20,11 +20,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from exporter.engine.poller import wanted
+from exporter.engine.registry import SOURCES
 from exporter.netns.context import NetnsContext
 from exporter.netns.enter import entered, namespace_inode
 from exporter.sources.sockdiag.buckets import BucketOptions
 from exporter.sources.sockdiag.capacity import PortPolicy
-from exporter.sources.sockdiag.dump import new_buffers
+from exporter.sources.sockdiag.dump import DiagSocket, new_buffers
+from exporter.sources.sockdiag.source import DIAG
 from exporter.sources.sockdiag.tally import SocketStats, collect_socket_stats
 
 _names = itertools.count()
@@ -83,7 +86,7 @@ class Netns:
     @contextmanager
     def context(self) -> Iterator[NetnsContext]:
         """The exporter's descriptors for this namespace, opened inside it."""
-        context = NetnsContext.open(Path("/proc"), self.path, self.inode, diag=True)
+        context = NetnsContext.open(Path("/proc"), self.path, self.inode, wanted(SOURCES))
         try:
             yield context
         finally:
@@ -94,8 +97,9 @@ class Netns:
     ) -> SocketStats:
         """One sock_diag pass over this namespace, as the sockdiag source makes it."""
         with self.context() as context:
-            assert context.diag is not None
-            return collect_socket_stats(context.diag, new_buffers(), policy, options)
+            diag = context.handle(DIAG)
+            assert isinstance(diag, DiagSocket)
+            return collect_socket_stats(diag, new_buffers(), policy, options)
 
     def sysctl(self, name: str, value: str) -> None:
         with self.inside(), open(f"/proc/sys/{name.replace('.', '/')}", "w") as handle:

@@ -11,10 +11,14 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.conftest import tool
+from tests.kernel import wait_until
 
 HOST = "127.0.0.1"
 
@@ -30,6 +34,36 @@ class Daemon:
     proc: subprocess.Popen[str]
     port: int
     context: ssl.SSLContext | None = None  # client side, when the daemon serves TLS
+    lines: list[str] = field(default_factory=list)  # stderr, read as it comes
+    reader: threading.Thread | None = None
+
+    def read_stderr(self) -> None:
+        """Collect the log lines in the background, so that a test can wait for one."""
+
+        def read() -> None:
+            assert self.proc.stderr is not None
+            for line in self.proc.stderr:
+                self.lines.append(line.rstrip("\n"))
+
+        self.reader = threading.Thread(target=read, daemon=True)
+        self.reader.start()
+
+    def events(self) -> list[dict[str, object]]:
+        """The JSON log lines so far (asserting every line is JSON)."""
+        lines = list(self.lines)
+        assert all(line.startswith("{") for line in lines), lines[:10]
+        return [json.loads(line) for line in lines]
+
+    def wait_for_event(self, event: str, timeout: float = 10, **fields: object) -> None:
+        """Until the log holds a line whose event starts with `event`, with those fields."""
+
+        def logged() -> bool:
+            return any(
+                str(e["event"]).startswith(event) and all(e.get(k) == v for k, v in fields.items())
+                for e in self.events()
+            )
+
+        wait_until(logged, timeout, f"a log line {event!r} {fields or ''}")
 
     def connection(self, timeout: float = 5) -> http.client.HTTPConnection:
         if self.context is not None:
@@ -56,10 +90,16 @@ class Daemon:
         """SIGTERM, wait, and the JSON log lines (asserting every line is JSON)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        _, stderr = self.proc.communicate(timeout=10)
-        lines = stderr.splitlines()
-        assert all(line.startswith("{") for line in lines), lines[:10]
-        return [json.loads(line) for line in lines]
+        self.proc.wait(timeout=10)
+        self.drain()
+        return self.events()
+
+    def drain(self) -> None:
+        """Once the process has exited: the rest of its log, and the pipe closed."""
+        if self.reader is not None:
+            self.reader.join(timeout=10)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
 
 
 @contextlib.contextmanager
@@ -89,11 +129,13 @@ def running(
         text=True,
     )
     daemon = Daemon(proc, port, context)
+    daemon.read_stderr()
     try:
         deadline = time.monotonic() + 15
         while True:
             if proc.poll() is not None:
-                raise AssertionError(f"daemon exited: {proc.communicate()[1]}")
+                daemon.drain()
+                raise AssertionError("daemon exited: " + "\n".join(daemon.lines))
             try:
                 if daemon.get(ready_path)[0].status == 200:
                     break
@@ -107,6 +149,7 @@ def running(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        daemon.drain()
 
 
 @dataclass(frozen=True)
@@ -127,7 +170,8 @@ class Pki:
 
 
 def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+    openssl = tool("openssl", "Debian package openssl")
+    subprocess.run([openssl, *args], cwd=cwd, check=True, capture_output=True)
 
 
 def make_pki(directory: Path) -> Pki:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter.engine.registry import COLLECTORS
 from exporter.sources import PAGE_SIZE
 from exporter.sources.netstat import DEFAULT_FIELDS, parse_netstat, snake_case
 from exporter.sources.slab import CACHES, read_sysfs_cache
@@ -177,7 +178,7 @@ def test_exit_code_is_1_only_when_nothing_could_be_read(tmp_path: Path) -> None:
 def test_collectors_can_be_switched_off(tree: Path) -> None:
     parsed = samples(dump_tree(tree, "--no-collector.slab", "--no-collector.netstat").stdout)
     sources = {dict(k)["source"] for k in series(parsed, "tcptw_source_success")}
-    assert sources == {"sockstat", "sysctl"}
+    assert sources == {"snmp", "sockstat", "sysctl"}
     assert not series(parsed, "tcptw_slab_objects")
 
 
@@ -206,10 +207,7 @@ def test_netstat_field_regex(tree: Path) -> None:
         ["--path.procfs", "/nonexistent"],
         ["--path.sysfs", "/etc/hostname"],
         ["--path.pod-logs", "/nonexistent"],
-        [
-            f"--no-collector.{name}"
-            for name in ("sockdiag", "netstat", "sockstat", "sysctl", "slab")
-        ],
+        [f"--no-collector.{name}" for name in COLLECTORS],
     ],
 )
 def test_bad_flags_are_one_line_errors(args: list[str]) -> None:

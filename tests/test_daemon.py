@@ -4,6 +4,7 @@ and is counted as an overrun; the collector always holds the latest finished sna
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
@@ -20,7 +21,7 @@ from exporter.engine.snapshot import Snapshot
 from exporter.sources.slab import SYSFS_FILES
 from tests.exposition import samples, series, value
 from tests.kernel import wait_until
-from tests.serving import running
+from tests.serving import Daemon, running
 
 
 class SlowPoller(Poller):
@@ -39,7 +40,7 @@ class SlowPoller(Poller):
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
         try:
-            time.sleep(self.delay)
+            time.sleep(self.delay)  # under test: a poll that takes this long
             return super().poll_once(budget)
         finally:
             with self.lock:
@@ -128,6 +129,15 @@ def release(fifos: Path) -> threading.Thread:
     return thread
 
 
+def blocked_on_a_fifo(pid: int) -> bool:
+    """A thread of `pid` waits in open() for a FIFO's writer (fs/pipe.c, wait_for_partner)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            if (task / "wchan").read_text() == "wait_for_partner":
+                return True
+    return False
+
+
 def test_readyz_fails_on_a_hung_poll_and_recovers(tmp_path: Path) -> None:
     """A poll stuck in a read: /metrics keeps answering with the last figures, but
     tcptw_last_poll_timestamp_seconds stops and /readyz turns 503 after three intervals;
@@ -137,7 +147,8 @@ def test_readyz_fails_on_a_hung_poll_and_recovers(tmp_path: Path) -> None:
     (sysfs / "kernel" / "slab").mkdir(parents=True)
     with running("--poll.interval=0.5", f"--path.sysfs={sysfs}", ready_path="/readyz") as d:
         fifos = hang_slab_reads(sysfs)
-        time.sleep(0.6)  # the poll now running hangs in the slab read
+        hung = "a poll hung in the slab read"
+        wait_until(lambda: blocked_on_a_fifo(d.proc.pid), timeout=5, what=hung)
         frozen = value(samples(d.get()[1].decode()), "tcptw_last_poll_timestamp_seconds")
         wait_until(lambda: d.get("/readyz")[0].status == 503, timeout=5, what="a 503")
         _, body = d.get("/readyz")
@@ -149,7 +160,7 @@ def test_readyz_fails_on_a_hung_poll_and_recovers(tmp_path: Path) -> None:
         release(fifos).join(timeout=5)
         wait_until(lambda: d.get("/readyz")[0].status == 200, timeout=5, what="a 200")
         # The next poll hangs again; SIGTERM must not wait for it.
-        time.sleep(0.6)
+        wait_until(lambda: blocked_on_a_fifo(d.proc.pid), timeout=5, what=hung)
         start = time.monotonic()
         events = [line["event"] for line in d.stop()]
         assert time.monotonic() - start < 2 and d.proc.returncode == 0
@@ -185,6 +196,10 @@ def test_permission_denied_on_a_source_fails_only_that_source(kernel: None) -> N
     assert "Permission denied" in str(failed[0]["error"])
 
 
+def last_poll(daemon: Daemon) -> float:
+    return value(samples(daemon.get()[1].decode()), "tcptw_last_poll_timestamp_seconds")
+
+
 def test_a_stopped_process_is_late_not_overrunning(tree: Path) -> None:
     """SIGSTOP/SIGCONT: the polls were late, not long; the warning says so and no
     overrun is counted."""
@@ -197,9 +212,13 @@ def test_a_stopped_process_is_late_not_overrunning(tree: Path) -> None:
         ready_path="/readyz",
     ) as d:
         d.proc.send_signal(signal.SIGSTOP)
-        time.sleep(2)
+        time.sleep(2)  # under test: stopped for four intervals
+        resumed = time.time()
         d.proc.send_signal(signal.SIGCONT)
-        time.sleep(1)
+        # The late poll, then one more: the loop went on past its warning.
+        wait_until(lambda: last_poll(d) > resumed, timeout=5, what="the late poll")
+        late_poll = last_poll(d)
+        wait_until(lambda: last_poll(d) > late_poll, timeout=5, what="the poll after it")
         parsed = samples(d.get()[1].decode())
         assert value(parsed, "tcptw_poll_overruns_total") == 0
         events = d.stop()

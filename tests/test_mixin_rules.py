@@ -5,11 +5,8 @@ alert has promtool cases that make it fire and near misses that keep it silent."
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +16,7 @@ import yaml
 
 from mixin import alerts, recording, runbooks
 from mixin.config import DEFAULT, Durations
+from tests.conftest import tool
 
 REPO = Path(__file__).resolve().parent.parent
 PROM_DIR = REPO / "deploy" / "prometheus"
@@ -28,14 +26,7 @@ SEVERITIES = {"warning", "critical"}
 
 
 def promtool() -> str:
-    found = shutil.which("promtool") or shutil.which(
-        "promtool", path=str(Path(sys.executable).parent)
-    )
-    if found is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("promtool is not installed")
-        pytest.skip("promtool is not installed")
-    return found
+    return tool("promtool", "Debian package prometheus")
 
 
 def run(args: list[str], cwd: Path) -> str:

@@ -122,9 +122,16 @@ def events_listening(netns: Netns) -> bool:
     return False
 
 
+def in_window(pid: int) -> bool:
+    """The report's main thread sleeps out its window (time.sleep: clock_nanosleep, seen
+    as hrtimer_nanosleep or, before Linux 6.x, do_nanosleep): its first poll is done."""
+    return "nanosleep" in Path(f"/proc/{pid}/wchan").read_text()
+
+
 def report_during(netns: Netns, make: Callable[[], None], *extra: str) -> dict[str, Any]:
-    """`report --window 2s` in a subprocess; `make` runs 0.3 s into its window (once its
-    events listener is open, unless --no-events) and must end before the second poll."""
+    """`report --window 2s` in a subprocess; `make` runs in its window, once the first
+    poll is done (its events listener open, unless --no-events), and must end before the
+    second poll."""
     argv = [sys.executable, "-m", "exporter", "report", "--window", f"{EVENTS_WINDOW}s",
             "--format", "json", "--netns=self", *extra]  # fmt: skip
     proc = subprocess.Popen(
@@ -136,7 +143,7 @@ def report_during(netns: Netns, make: Callable[[], None], *extra: str) -> dict[s
     try:
         if "--no-events" not in extra:
             wait_until(lambda: events_listening(netns), 30, "the report's events listener")
-        time.sleep(0.3)
+        wait_until(lambda: in_window(proc.pid), 30, "the report's first poll done")
         make()
         done = time.time()
         out, err = proc.communicate(timeout=60)
@@ -153,8 +160,9 @@ def report_during(netns: Netns, make: Callable[[], None], *extra: str) -> dict[s
 
 def outbound(doc: dict[str, Any], destination: str) -> dict[str, Any]:
     (ns,) = doc["namespaces"]
-    (b,) = [b for b in ns["outbound"] if b["destination"] == destination]
-    return b
+    buckets: list[dict[str, Any]] = [b for b in ns["outbound"] if b["destination"] == destination]
+    (bucket,) = buckets
+    return bucket
 
 
 def test_rate_now_counted_from_events(netns: Netns) -> None:

@@ -18,9 +18,9 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.config import Config
-from exporter.engine import families as metrics
-from exporter.engine.registry import HOST_SOURCES, NETNS_SOURCES
+from exporter.engine.registry import FEEDS, SOURCES
 from exporter.engine.snapshot import HOST, Snapshot
+from exporter.sources.declare import Scope
 
 OUTCOMES = ("dumped", "skipped", "read", "deferred", "failed")
 
@@ -66,12 +66,22 @@ def render(snapshot: Snapshot, config: Config) -> Iterator[Metric]:
         value=config.poll_interval,
     )
     yield from _namespaces(snapshot)
-    if snapshot.events is not None:
-        yield from metrics.render_events(snapshot.events)
-    for source in NETNS_SOURCES:
-        yield from source.metrics(snapshot, config)
-    for host_source in HOST_SOURCES:
-        yield from host_source.metrics(snapshot, config)
+    feeds = {result.feed: result.data for result in snapshot.feeds}
+    for feed in FEEDS:
+        if feed.name in feeds:
+            yield from feed.render(feeds[feed.name], config)
+    for scope in (Scope.NETNS, Scope.HOST):
+        for source in SOURCES:
+            if source.scope is scope:
+                rows = [
+                    (r.netns, r.data)
+                    for r in snapshot.results
+                    if r.source == source.name
+                    and (r.netns == HOST) == (scope is Scope.HOST)
+                    and r.ok
+                ]
+                if rows:
+                    yield from source.render(rows, config)
 
 
 def _self_metrics(snapshot: Snapshot) -> Iterator[Metric]:

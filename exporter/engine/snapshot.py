@@ -1,13 +1,9 @@
-"""One immutable snapshot per poll: what every source returned, or why it failed, and
-which namespaces were polled."""
+"""One immutable snapshot per poll: what every source returned, or why it failed, which
+namespaces were polled, and each running feed's reading."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from exporter.events.table import EventsSnapshot
 
 HOST = ""  # the `netns` of host-wide results (slab, sockstat's global counters)
 
@@ -18,7 +14,7 @@ class SourceResult:
     netns: str  # the namespace label; HOST for host-wide sources
     ok: bool
     duration_seconds: float
-    # The source's immutable result when ok: the type its registry entry's read returns.
+    # The source's immutable result when ok: the type its declaration's reader returns.
     data: object = None
     error: str = ""
 
@@ -33,7 +29,13 @@ class NamespaceInfo:
     # Unix start time of the poll whose figures are shown; None: never read yet.
     read_at: float | None = None
     duration_seconds: float = 0.0  # of its last poll
-    outcome: str = "dumped"  # dumped, skipped (no TCP socket), deferred, failed
+    outcome: str = "dumped"  # dumped, skipped (no TCP socket), read, deferred, failed
+
+
+@dataclass(frozen=True, slots=True)
+class FeedResult:
+    feed: str
+    data: object  # the immutable reading its session returned for this poll
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +45,4 @@ class Snapshot:
     duration_seconds: float
     namespaces: tuple[NamespaceInfo, ...] = ()
     poll_overruns: int = 0
-    events: EventsSnapshot | None = None  # None: --no-events, or not serving
-
-    def successful(self, source: str) -> list[SourceResult]:
-        return [r for r in self.results if r.source == source and r.ok]
+    feeds: tuple[FeedResult, ...] = ()  # the running feeds' readings (none for dump)

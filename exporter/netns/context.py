@@ -16,15 +16,13 @@ from __future__ import annotations
 import errno
 import os
 import resource
+from dataclasses import dataclass
 from pathlib import Path
 
-from exporter.events.table import EventSocket
 from exporter.netns.enter import entered_fd
 from exporter.sources import SourceError, decode_text
-from exporter.sources.sockdiag.dump import DiagSocket
-from exporter.sources.sysctl import SYSCTL_FILES
+from exporter.sources.declare import Handle, Opener
 
-NET_FILES = ("netstat", "sockstat", "sockstat6")
 _READ = os.O_RDONLY | os.O_CLOEXEC
 
 
@@ -33,34 +31,39 @@ class NamespaceChanged(Exception):
     the pid was reused, or the mount was replaced)."""
 
 
+@dataclass(frozen=True)
+class Wanted:
+    """What the enabled sources and feeds declared: opened in every namespace."""
+
+    net_files: tuple[str, ...] = ()
+    sysctl_files: tuple[str, ...] = ()
+    openers: tuple[Opener, ...] = ()
+
+
 class NetnsContext:
-    """Implements sources.NetnsFiles over descriptors opened in one namespace."""
+    """Implements sources.declare.PollFiles over descriptors opened in one namespace."""
 
     def __init__(self, procfs: Path, inode: int | None, ns_fd: int | None) -> None:
         self.procfs = procfs
         self.inode = inode
-        self._ns_fd = ns_fd  # kept to open a fresh diag socket inside; None: own namespace
+        self._ns_fd = ns_fd  # kept to reopen a handle inside; None: own namespace
         self._net: dict[str, int] = {}
         self._net_errors: dict[str, str] = {}
         self._sysctls: dict[str, int] | None = None
-        self.diag: DiagSocket | None = None
-        # The socket-destroy listener (exporter/events/table.py) and this namespace's
-        # /proc/net/netlink (its Drops column counts lost events); error: why not.
-        self.events: EventSocket | None = None
-        self.events_error = ""
-        self.netlink_fd: int | None = None
+        self._handles: dict[Opener, Handle] = {}
+        self.handle_errors: dict[Opener, str] = {}  # why an optional handle is missing
 
     # -- opening -------------------------------------------------------------------------
 
     @classmethod
     def open(
-        cls, procfs: Path, path: str | None, inode: int | None, diag: bool, events: bool = False
+        cls, procfs: Path, path: str | None, inode: int | None, wanted: Wanted
     ) -> NetnsContext:
         """Open the namespace at `path` (None: the calling thread's own) and check it is
         namespace `inode` (None: unchecked, for recorded trees)."""
         if path is None:
             context = cls(procfs, inode, None)
-            context._open_here(diag, events)
+            context._open_here(wanted)
             return context
         ns_fd = os.open(path, _READ)
         try:
@@ -68,88 +71,74 @@ class NetnsContext:
                 raise NamespaceChanged(f"{path} is no longer namespace {inode}")
             context = cls(procfs, inode, ns_fd)
             with entered_fd(ns_fd):
-                context._open_here(diag, events)
+                context._open_here(wanted)
         except BaseException:
             os.close(ns_fd)
             raise
         return context
 
-    def _open_here(self, diag: bool, events: bool = False) -> None:
+    def _open_here(self, wanted: Wanted) -> None:
         if self.inode is not None:
             here = os.stat(self.procfs / "thread-self" / "ns" / "net").st_ino
             if here != self.inode:
                 raise NamespaceChanged(f"entered namespace {here}, expected {self.inode}")
         try:
             net = self.procfs / "thread-self" / "net"
-            for name in NET_FILES:
+            for name in wanted.net_files:
                 try:
                     self._net[name] = os.open(net / name, _READ)
                 except OSError as exc:
                     self._net_errors[name] = f"cannot open {net / name}: {exc.strerror}"
-            self._sysctls = self._open_sysctls()
-            if diag:
-                self.diag = DiagSocket()
-            if events:
-                self._open_events(net)
+            self._sysctls = self._open_sysctls(wanted.sysctl_files)
+            for opener in wanted.openers:
+                try:
+                    self._handles[opener] = opener.open(self.procfs)
+                except OSError as exc:
+                    if opener.required:
+                        raise
+                    # A kernel or policy that refuses it leaves the namespace without
+                    # it (the reason is kept), never without its poll.
+                    self.handle_errors[opener] = exc.strerror or str(exc)
         except BaseException:
             self.close()
             raise
 
-    def _open_events(self, net: Path) -> None:
-        """The destroy-event listener; a kernel or policy that refuses it leaves the
-        namespace without events (the reason is kept), never without its poll."""
-        try:
-            self.events = EventSocket()
-        except OSError as exc:
-            self.events_error = f"cannot join the sock_diag destroy groups: {exc.strerror or exc}"
-            return
-        try:
-            self.netlink_fd = os.open(net / "netlink", _READ)
-        except OSError:
-            self.netlink_fd = None  # lost events then count one per ENOBUFS
-
-    def _open_sysctls(self) -> dict[str, int] | None:
+    def _open_sysctls(self, names: tuple[str, ...]) -> dict[str, int] | None:
         base = self.procfs / "sys" / "net" / "ipv4"
         if not base.is_dir():
             return None
         fds: dict[str, int] = {}
-        for name in SYSCTL_FILES:
+        for name in names:
             try:
                 fds[name] = os.open(base / name, _READ)
             except FileNotFoundError:
                 continue  # the kernel has no such sysctl: absent, not 0
         return fds
 
-    def reopen_diag(self) -> None:
-        """A fresh diag socket after a failed dump left the old one's stream out of step."""
-        if self.diag is not None:
-            self.diag.close()
-            self.diag = None
+    def reopen(self, opener: Opener) -> None:
+        """A fresh handle, e.g. after a failed dump left a socket's stream out of step."""
+        old = self._handles.pop(opener, None)
+        if old is not None:
+            old.close()
         if self._ns_fd is None:
-            self.diag = DiagSocket()
+            self._handles[opener] = opener.open(self.procfs)
         else:
             with entered_fd(self._ns_fd):
-                self.diag = DiagSocket()
+                self._handles[opener] = opener.open(self.procfs)
 
     def close(self) -> None:
         for fd in [*self._net.values(), *(self._sysctls or {}).values()]:
             os.close(fd)
         self._net.clear()
         self._sysctls = None
-        if self.diag is not None:
-            self.diag.close()
-            self.diag = None
-        if self.events is not None:
-            self.events.close()
-            self.events = None
-        if self.netlink_fd is not None:
-            os.close(self.netlink_fd)
-            self.netlink_fd = None
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
         if self._ns_fd is not None:
             os.close(self._ns_fd)
             self._ns_fd = None
 
-    # -- sources.NetnsFiles --------------------------------------------------------------
+    # -- sources.declare.PollFiles -------------------------------------------------------
 
     def has_net(self, name: str) -> bool:
         return name in self._net
@@ -158,19 +147,34 @@ class NetnsContext:
         fd = self._net.get(name)
         if fd is None:
             raise SourceError(self._net_errors.get(name, f"no {name} file"))
-        return _pread_all(fd, f"/proc/thread-self/net/{name}")
+        return pread_all(fd, f"/proc/thread-self/net/{name}")
 
     def read_sysctl(self, name: str) -> str | None:
         fd = (self._sysctls or {}).get(name)
         if fd is None:
             return None
-        return _pread_all(fd, f"/proc/sys/net/ipv4/{name}")
+        return pread_all(fd, f"/proc/sys/net/ipv4/{name}")
 
     def has_sysctls(self) -> bool:
         return self._sysctls is not None
 
+    def has_handle(self, opener: Opener) -> bool:
+        return opener in self._handles
 
-def _pread_all(fd: int, where: str) -> str:
+    def missing(self, opener: Opener) -> str:
+        if opener in self._handles:
+            return ""
+        return self.handle_errors.get(opener, "not opened")
+
+    def handle(self, opener: Opener) -> Handle:
+        found = self._handles.get(opener)
+        if found is None:
+            reason = self.handle_errors.get(opener, "not opened")
+            raise SourceError(f"no {opener.name} for this namespace: {reason}")
+        return found
+
+
+def pread_all(fd: int, where: str) -> str:
     """The whole file from offset 0. A short read is the end: seq_file reads fill the
     buffer until the last record (fs/seq_file.c, seq_read_iter), sysctl handlers return
     the whole value at once."""

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 from exporter.config import Config
 from exporter.engine.poller import Poller
+from exporter.engine.registry import FEEDS
 from exporter.engine.snapshot import Snapshot
+from exporter.events import feed
 from exporter.events.table import EventTable, OutboundTotals
 from exporter.report.findings import all_findings
 from exporter.report.model import (
@@ -43,15 +45,17 @@ def observe(config: Config, window: float) -> tuple[Snapshot, Snapshot, Events]:
     connections closed per outbound bucket in between, counted from the socket-destroy
     events (unless --no-events): the first poll opens each namespace's listener, which
     counts from then on, and the second one reads the totals."""
-    poller = Poller(config, events=config.events)
+    poller = Poller(config, feeds=FEEDS)
+    session = poller.session(feed.FEED)
+    table = session.table if isinstance(session, feed.EventsSession) else None
     try:
         first = poller.poll_once()
-        opened = poller.events.outbound_totals() if poller.events is not None else {}
+        opened = table.outbound_totals() if table is not None else {}
         pause = first.started_at + window - time.time()
         if pause > 0:
             time.sleep(pause)
         second = poller.poll_once()
-        events = counted(config, poller.events, opened)
+        events = counted(config, table, opened)
     finally:
         poller.close()
     return first, second, events
@@ -61,7 +65,7 @@ def counted(config: Config, table: EventTable | None, opened: dict[str, Outbound
     """The closes of each namespace whose listener counted since the first poll; the
     others, and why they are estimated from TIME-WAIT instead."""
     if table is None:
-        off = "--no-events" if not config.events else "the sockdiag collector is off"
+        off = "--no-events" if not feed.ENABLED.value(config) else "the sockdiag collector is off"
         return Events(reason=off)
     closes: dict[str, Closes] = {}
     unavailable = table.unavailable()

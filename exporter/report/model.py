@@ -22,10 +22,15 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from exporter.engine.snapshot import HOST, Snapshot
+from exporter.sources.netstat import SOURCE as NETSTAT
+from exporter.sources.slab import SOURCE as SLAB
 from exporter.sources.slab import SlabCache
 from exporter.sources.sockdiag.capacity import OutboundRow, PortPolicy
+from exporter.sources.sockdiag.source import SOURCE as SOCKDIAG
 from exporter.sources.sockdiag.tally import SocketStats
+from exporter.sources.sockstat import SOURCE as SOCKSTAT
 from exporter.sources.sockstat import SockstatCounts
+from exporter.sources.sysctl import SOURCE as SYSCTL
 from exporter.sources.sysctl import Sysctls
 
 T = TypeVar("T")
@@ -120,14 +125,7 @@ class NamespaceView:
 
     @property
     def policy(self) -> PortPolicy | None:
-        if self.sysctls is None or self.sysctls.port_range is None:
-            return None
-        return PortPolicy(
-            port_range=self.sysctls.port_range,
-            reserved=self.sysctls.reserved_ports or (),
-            tw_reuse=int(self.sysctls.values.get("tcp_tw_reuse", 0)),
-            timestamps=int(self.sysctls.values.get("tcp_timestamps", 1)),
-        )
+        return None if self.sysctls is None else PortPolicy.from_sysctls(self.sysctls)
 
 
 def _is_loopback(text: str) -> bool:
@@ -138,16 +136,13 @@ def _is_loopback(text: str) -> bool:
 
 
 def reuse_covers(policy: PortPolicy, local_addr: str, remote_addr: str) -> bool:
-    """May connect() take over this bucket's TIME-WAIT quadruplets (tcp_twsk_unique)?
-    tcp_tw_reuse 1, or 2 with a loopback end; timestamps on either way."""
-    return bool(policy.timestamps) and reuse_value_covers(policy, local_addr, remote_addr)
+    """May connect() take over this bucket's TIME-WAIT quadruplets (PortPolicy.reuse)?"""
+    return policy.reuse(_is_loopback(local_addr), _is_loopback(remote_addr))
 
 
 def reuse_value_covers(policy: PortPolicy, local_addr: str, remote_addr: str) -> bool:
     """Does the value of tcp_tw_reuse alone cover the bucket (timestamps aside)?"""
-    if policy.tw_reuse == 1:
-        return True
-    return policy.tw_reuse == 2 and (_is_loopback(local_addr) or _is_loopback(remote_addr))
+    return policy.reuse_by_value(_is_loopback(local_addr), _is_loopback(remote_addr))
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,9 +318,9 @@ def _data(snapshot: Snapshot, source: str) -> dict[str, object]:
 def views(first: Snapshot, second: Snapshot, events: Events = NO_EVENTS) -> list[NamespaceView]:
     """One view per namespace of the second poll, in label order."""
     window = max(0.0, second.started_at - first.started_at)
-    sysctls, sockstat = _data(second, "sysctl"), _data(second, "sockstat")
-    stats, stats_before = _data(second, "sockdiag"), _data(first, "sockdiag")
-    netstat, netstat_before = _data(second, "netstat"), _data(first, "netstat")
+    sysctls, sockstat = _data(second, SYSCTL.name), _data(second, SOCKSTAT.name)
+    stats, stats_before = _data(second, SOCKDIAG.name), _data(first, SOCKDIAG.name)
+    netstat, netstat_before = _data(second, NETSTAT.name), _data(first, NETSTAT.name)
     errors: dict[str, list[str]] = {}
     for r in second.results:
         if not r.ok and r.netns != HOST:
@@ -364,7 +359,7 @@ def _counters(value: object) -> dict[str, int] | None:
 
 def slab_caches(snapshot: Snapshot) -> tuple[SlabCache, ...]:
     for r in snapshot.results:
-        if r.source == "slab" and r.netns == HOST and r.ok and isinstance(r.data, tuple):
+        if r.source == SLAB.name and r.netns == HOST and r.ok and isinstance(r.data, tuple):
             return tuple(c for c in r.data if isinstance(c, SlabCache))
     return ()
 

@@ -10,8 +10,13 @@ absent from the result, never 0.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
+from prometheus_client.core import CounterMetricFamily, Metric
+
+from exporter.config import Config
 from exporter.sources import NetnsFiles, SourceError
+from exporter.sources.declare import LAST_POLL, NetnsPoll, Option, Rows, Scope, Source
 
 # The counters TIME-WAIT handling moves; the rest of TcpExt is a flag away. Every one is a
 # series per namespace, so the default stays short.
@@ -21,8 +26,11 @@ DEFAULT_FIELDS = (
 )
 
 
-def parse_netstat(text: str, group: str = "TcpExt") -> dict[str, int]:
-    """All counters of one group, in file order. Raises SourceError on malformed input."""
+def parse_netstat(
+    text: str, group: str = "TcpExt", signed: frozenset[str] = frozenset()
+) -> dict[str, int]:
+    """All counters of one group, in file order (the same layout serves /proc/net/snmp).
+    `signed`: fields the kernel prints signed. Raises SourceError on malformed input."""
     prefix = group + ":"
     lines = [line for line in text.splitlines() if line.startswith(prefix)]
     if not lines:
@@ -37,7 +45,7 @@ def parse_netstat(text: str, group: str = "TcpExt") -> dict[str, int]:
         raise SourceError(f"{group} header repeats a counter name")
     counters: dict[str, int] = {}
     for name, value in zip(names, values, strict=True):
-        if not is_counter(value):
+        if not is_counter(value.removeprefix("-") if name in signed else value):
             raise SourceError(f"{group} counter {name} is not a number: {value[:32]!r}")
         counters[name] = int(value)
     return counters
@@ -76,3 +84,49 @@ def snake_case(name: str) -> str:
         name = name[3:]
     words += (word.lower() for word in _WORD.findall(name))
     return "_".join(words)
+
+
+def render_tcpext(rows: Rows[dict[str, int]], config: Config) -> Iterator[Metric]:
+    families: dict[str, CounterMetricFamily] = {}
+    for netns, counters in rows:
+        for name, value in counters.items():
+            metric = families.get(name)
+            if metric is None:
+                metric = CounterMetricFamily(
+                    f"tcptw_tcpext_{snake_case(name)}",
+                    f"TcpExt {name} counter from /proc/net/netstat" + LAST_POLL,
+                    labels=["netns"],
+                )
+                families[name] = metric
+            metric.add_metric([netns], value)
+    yield from families.values()
+
+
+def _pattern(text: str) -> re.Pattern[str]:
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"--collector.netstat.fields is not a valid regex: {exc}") from None
+
+
+FIELDS = Option(
+    "collector.netstat.fields",
+    re.compile(DEFAULT_FIELDS),
+    "regex of TcpExt counters to export",
+    _pattern,
+)
+
+
+def _read(poll: NetnsPoll) -> dict[str, int]:
+    return select_fields(read_netstat(poll.files), FIELDS.value(poll.config))
+
+
+SOURCE = Source[dict[str, int]](
+    "netstat",
+    "TcpExt counters from /proc/net/netstat",
+    Scope.NETNS,
+    render_tcpext,
+    read_netns=_read,
+    net_files=("netstat",),
+    options=(FIELDS,),
+)

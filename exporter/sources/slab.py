@@ -13,10 +13,15 @@ with merged="true"; the memory they show is shared with every alias.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter.sources import SourceError, read_text
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from exporter.config import Config
+from exporter.sources import PAGE_SIZE, SourceError, read_text
+from exporter.sources.declare import LAST_POLL, Rows, Scope, Source
 from exporter.sources.netstat import is_counter
 
 CACHES = ("tw_sock_TCP", "tw_sock_TCPv6", "tcp_bind_bucket", "tcp_bind2_bucket")
@@ -131,3 +136,34 @@ def read_slab(procfs: Path, sysfs: Path, page_size: int) -> list[SlabCache]:
     if not result:
         raise SourceError("none of the TIME-WAIT slab caches found in slabinfo or sysfs")
     return result
+
+
+def render_slab(rows: Rows[tuple[SlabCache, ...]], config: Config) -> Iterator[Metric]:
+    caches = rows[0][1] if rows else ()
+    labels = ["cache", "merged", "shared_cache"]
+    spec = [
+        ("tcptw_slab_objects", "Object slots allocated in the slab cache", "objects"),
+        ("tcptw_slab_active_objects", "Object slots in use in the slab cache", "active_objects"),
+        ("tcptw_slab_object_size_bytes", "Bytes per object slot, metadata included", "object_size"),
+        ("tcptw_slab_memory_bytes", "Memory held by the cache's slabs", "memory_bytes"),
+    ]
+    note = '; merged="true": SLUB merged the cache, figures are the shared cache\'s' + LAST_POLL
+    for name, text, attribute in spec:
+        family = GaugeMetricFamily(name, text + note, labels=labels)
+        for cache in caches:
+            merged = "true" if cache.merged else "false"
+            family.add_metric([cache.name, merged, cache.shared_cache], getattr(cache, attribute))
+        yield family
+
+
+def _read_host(config: Config) -> tuple[SlabCache, ...]:
+    return tuple(read_slab(config.procfs, config.sysfs, PAGE_SIZE))
+
+
+SOURCE = Source[tuple[SlabCache, ...]](
+    "slab",
+    "tw_sock_TCP/tcp_bind_bucket slab caches (/proc/slabinfo or /sys/kernel/slab)",
+    Scope.HOST,
+    render_slab,
+    read_host=_read_host,
+)

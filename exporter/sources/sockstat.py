@@ -11,10 +11,15 @@ host's values, so they are a separate host-wide reading without a namespace labe
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter.sources import NetnsFiles, SourceError, read_text
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from exporter.config import Config
+from exporter.sources import PAGE_SIZE, NetnsFiles, SourceError, read_text
+from exporter.sources.declare import LAST_POLL, NetnsPoll, Rows, Scope, Source, netns_gauge
 from exporter.sources.netstat import is_counter
 
 TCP_FIELDS = ("inuse", "orphan", "tw", "alloc", "mem")
@@ -63,3 +68,90 @@ def read_sockstat_host(procfs: Path) -> dict[str, int]:
     """orphan, alloc, mem: the same in every namespace, read from the exporter's own."""
     fields = parse_sockstat(read_text(procfs / "net" / "sockstat"))
     return {name: fields[name] for name in HOST_FIELDS if name in fields}
+
+
+HOST_SOCKSTAT_HELP = {
+    "orphan": "Orphaned TCP sockets of the node (/proc/net/sockstat orphan)",
+    "alloc": "Allocated TCP sockets of the node, TIME-WAIT excluded (/proc/net/sockstat alloc)",
+}
+
+SYSCTL_METRICS = {
+    "tcp_tw_reuse": ("tcp_tw_reuse", "net.ipv4.tcp_tw_reuse: 0 off, 1 on, 2 loopback only"),
+    "tcp_tw_reuse_delay": (
+        "tcp_tw_reuse_delay_seconds",
+        "net.ipv4.tcp_tw_reuse_delay: minimum TIME-WAIT age before reuse",
+    ),
+    "tcp_tw_recycle": ("tcp_tw_recycle", "net.ipv4.tcp_tw_recycle (kernels before 4.12 only)"),
+    "tcp_max_tw_buckets": (
+        "tcp_max_tw_buckets",
+        "net.ipv4.tcp_max_tw_buckets: TIME-WAIT sockets beyond this are destroyed at once",
+    ),
+    "tcp_timestamps": ("tcp_timestamps", "net.ipv4.tcp_timestamps (tcp_tw_reuse needs them)"),
+    "tcp_fin_timeout": ("tcp_fin_timeout_seconds", "net.ipv4.tcp_fin_timeout: FIN-WAIT-2 lifetime"),
+    "tcp_ehash_entries": (
+        "tcp_ehash_entries",
+        "net.ipv4.tcp_ehash_entries: established hash size; negative when shared with the host",
+    ),
+    "tcp_child_ehash_entries": (
+        "tcp_child_ehash_entries",
+        "net.ipv4.tcp_child_ehash_entries: established hash size of namespaces created from "
+        "this one; 0 means they share the host's, so each of their dumps walks the whole table",
+    ),
+}
+
+
+def render_sockstat(rows: Rows[SockstatCounts], config: Config) -> Iterator[Metric]:
+    if not rows:
+        return
+    inuse = netns_gauge(
+        "tcptw_sockstat_tcp_inuse",
+        "TCP sockets in use in the namespace, TIME-WAIT excluded (/proc/net/sockstat inuse)",
+    )
+    tw = netns_gauge(
+        "tcptw_sockstat_tcp_tw", "TCP sockets in TIME-WAIT in the namespace (/proc/net/sockstat tw)"
+    )
+    for netns, counts in rows:
+        inuse.add_metric([netns], counts.inuse)
+        tw.add_metric([netns], counts.tw)
+    yield inuse
+    yield tw
+
+
+def render_sockstat_host(rows: Rows[dict[str, int]], config: Config) -> Iterator[Metric]:
+    """Global counters: one value for the node, no namespace label."""
+    for _, fields in rows[:1]:
+        yield from _host_families(fields)
+
+
+def _host_families(fields: dict[str, int]) -> Iterator[Metric]:
+    for name, text in HOST_SOCKSTAT_HELP.items():
+        if name in fields:
+            yield GaugeMetricFamily(f"tcptw_sockstat_tcp_{name}", text + LAST_POLL, fields[name])
+    if "mem" in fields:
+        yield GaugeMetricFamily(
+            "tcptw_sockstat_tcp_memory_bytes",
+            "TCP buffer memory of the node (/proc/net/sockstat mem pages times the page size)"
+            + LAST_POLL,
+            fields["mem"] * PAGE_SIZE,
+        )
+
+
+def _read(poll: NetnsPoll) -> SockstatCounts:
+    return read_sockstat(poll.files)
+
+
+def _read_host(config: Config) -> dict[str, int]:
+    return read_sockstat_host(config.procfs)
+
+
+HELP = (
+    "the TCP line of /proc/net/sockstat (inuse and tw per namespace; orphan, alloc and mem "
+    "once for the node)"
+)
+SOURCE = Source[SockstatCounts](
+    "sockstat", HELP, Scope.NETNS, render_sockstat, read_netns=_read, net_files=("sockstat",)
+)
+# The node-wide counters: the same --collector.sockstat flag and source label.
+HOST_SOURCE = Source[dict[str, int]](
+    "sockstat", HELP, Scope.HOST, render_sockstat_host, read_host=_read_host
+)

@@ -8,9 +8,14 @@ tcp_child_ehash_entries before 6.1) is absent from the result.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+from prometheus_client.core import Metric
+
+from exporter.config import Config
 from exporter.sources import NetnsFiles, SourceError
+from exporter.sources.declare import NetnsPoll, Rows, Scope, Source, netns_gauge
 
 # name → unit divisor (tcp_tw_reuse_delay is in milliseconds).
 INTEGER_SYSCTLS: dict[str, int] = {
@@ -97,3 +102,76 @@ def read_sysctls(files: NetnsFiles) -> Sysctls:
     reserved_text = files.read_sysctl("ip_local_reserved_ports")
     reserved = parse_port_list(reserved_text) if reserved_text is not None else None
     return Sysctls(port_range=port_range, reserved_ports=reserved, values=values)
+
+
+SYSCTL_METRICS = {
+    "tcp_tw_reuse": ("tcp_tw_reuse", "net.ipv4.tcp_tw_reuse: 0 off, 1 on, 2 loopback only"),
+    "tcp_tw_reuse_delay": (
+        "tcp_tw_reuse_delay_seconds",
+        "net.ipv4.tcp_tw_reuse_delay: minimum TIME-WAIT age before reuse",
+    ),
+    "tcp_tw_recycle": ("tcp_tw_recycle", "net.ipv4.tcp_tw_recycle (kernels before 4.12 only)"),
+    "tcp_max_tw_buckets": (
+        "tcp_max_tw_buckets",
+        "net.ipv4.tcp_max_tw_buckets: TIME-WAIT sockets beyond this are destroyed at once",
+    ),
+    "tcp_timestamps": ("tcp_timestamps", "net.ipv4.tcp_timestamps (tcp_tw_reuse needs them)"),
+    "tcp_fin_timeout": ("tcp_fin_timeout_seconds", "net.ipv4.tcp_fin_timeout: FIN-WAIT-2 lifetime"),
+    "tcp_ehash_entries": (
+        "tcp_ehash_entries",
+        "net.ipv4.tcp_ehash_entries: established hash size; negative when shared with the host",
+    ),
+    "tcp_child_ehash_entries": (
+        "tcp_child_ehash_entries",
+        "net.ipv4.tcp_child_ehash_entries: established hash size of namespaces created from "
+        "this one; 0 means they share the host's, so each of their dumps walks the whole table",
+    ),
+}
+
+
+def render_sysctls(rows: Rows[Sysctls], config: Config) -> Iterator[Metric]:
+    if not rows:
+        return
+    port_min = netns_gauge(
+        "tcptw_sysctl_ip_local_port_range_min",
+        "net.ipv4.ip_local_port_range: first ephemeral port",
+    )
+    port_max = netns_gauge(
+        "tcptw_sysctl_ip_local_port_range_max",
+        "net.ipv4.ip_local_port_range: last ephemeral port",
+    )
+    reserved = netns_gauge(
+        "tcptw_sysctl_ip_local_reserved_ports",
+        "Number of ports listed in net.ipv4.ip_local_reserved_ports",
+    )
+    values = {
+        name: netns_gauge(f"tcptw_sysctl_{suffix}", text)
+        for name, (suffix, text) in SYSCTL_METRICS.items()
+    }
+    for netns, data in rows:
+        if data.port_range is not None:
+            port_min.add_metric([netns], data.port_range[0])
+            port_max.add_metric([netns], data.port_range[1])
+        count = data.reserved_count()
+        if count is not None:
+            reserved.add_metric([netns], count)
+        for name, value in data.values.items():
+            values[name].add_metric([netns], value)
+    yield port_min
+    yield port_max
+    yield reserved
+    yield from (family for family in values.values() if family.samples)
+
+
+def _read(poll: NetnsPoll) -> Sysctls:
+    return read_sysctls(poll.files)
+
+
+SOURCE = Source[Sysctls](
+    "sysctl",
+    "TIME-WAIT and port-range sysctls from /proc/sys/net/ipv4",
+    Scope.NETNS,
+    render_sysctls,
+    read_netns=_read,
+    sysctl_files=SYSCTL_FILES,
+)

@@ -89,7 +89,6 @@ class ServerTLS:
         self.settings = settings
         self.listener_context = context
         self.current = context
-        self.stamp = file_stamp(settings.files())
         context.sni_callback = self._select
 
     def _select(
@@ -103,4 +102,3 @@ class ServerTLS:
         """Use a new context for new handshakes (same Shape as the listener's)."""
         self.settings = settings
         self.current = context
-        self.stamp = file_stamp(settings.files())

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from prometheus_client.registry import CollectorRegistry
 from exporter.engine.collector import SnapshotCollector
 from exporter.engine.snapshot import Snapshot, SourceResult
 from exporter.sources.sockdiag.tally import SocketStats
-from tests.conftest import FIXTURES, TREES
+from tests.conftest import FIXTURES, TREES, tool
 
 GOLDEN = FIXTURES / "golden"
 # Values that differ on every run: durations, timestamps, the interpreter's version.
@@ -63,12 +62,7 @@ def dump(tree: Path) -> str:
 
 
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool missing (Debian package prometheus)")
-        pytest.skip("promtool missing (Debian package prometheus)")
-    return path
+    return tool("promtool", "Debian package prometheus")
 
 
 @pytest.mark.parametrize("kernel", ["linux-6.18", "linux-4.9"])

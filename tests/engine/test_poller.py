@@ -7,7 +7,7 @@ import shutil
 import socket
 import struct
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import structlog
@@ -16,9 +16,13 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter.config import Config
 from exporter.engine.collector import SnapshotCollector
-from exporter.engine.poller import Poller, Tracked
+from exporter.engine.poller import Poller
 from exporter.engine.snapshot import Snapshot
-from exporter.netns.context import NetnsContext
+from exporter.netns.context import NetnsContext, Wanted
+from exporter.netns.tracker import Tracked
+from exporter.sources.sockdiag.dump import DiagSocket
+from exporter.sources.sockdiag.source import DIAG
+from exporter.sources.sockdiag.tally import SocketStats
 from tests.conftest import FIXTURES
 from tests.exposition import samples, series, value
 from tests.kernel import new_netns, unnamed_namespace
@@ -77,7 +81,8 @@ def test_buckets_without_the_sysctl_collector_log_why_they_are_missing(tree: Pat
         )
     ]
     sockdiag = next(r for r in snapshot.results if r.source == "sockdiag")
-    assert sockdiag.ok and sockdiag.data.ports is None  # states counted, buckets absent
+    assert sockdiag.ok and isinstance(sockdiag.data, SocketStats)
+    assert sockdiag.data.ports is None  # states counted, buckets absent
 
 
 def poll_text(poller: Poller) -> tuple[Snapshot, str]:
@@ -89,7 +94,7 @@ def poll_text(poller: Poller) -> tuple[Snapshot, str]:
     return snapshot, generate_latest(registry).decode()
 
 
-def logged(logs: list[dict[str, object]]) -> list[dict[str, object]]:
+def logged(logs: Sequence[Mapping[str, object]]) -> list[Mapping[str, object]]:
     """Captured log entries above debug (the level a default daemon prints)."""
     return [e for e in logs if e["log_level"] != "debug"]
 
@@ -122,7 +127,7 @@ def test_deleted_namespace_vanishes_and_new_one_appears(kernel: None) -> None:
             )
             assert open_fds() == held  # one namespace's descriptors released, one's opened
             # nor is any per-namespace state kept for it (a soak creates thousands)
-            assert first.name not in {netns for netns, _ in poller._last_state}
+            assert first.name not in {key[0] for key in poller._states._last}
         assert [e for e in logs if e["log_level"] in ("error", "warning")] == []
     finally:
         poller.close()
@@ -163,12 +168,12 @@ def test_namespace_that_cannot_be_opened_fails_visibly(kernel: None, tmp_path: P
     """A namespace found but not enterable gets failed-source series and one log line."""
     with new_netns() as ns:
         poller = Poller(Config(netns=frozenset({ns.name}), collectors=frozenset({"sysctl"})))
-        tracked_open = poller._open
+        tracked_open = poller._tracker.open
 
-        def refuse(tracked: Tracked) -> NetnsContext:
+        def refuse(tracked: Tracked, wanted: Wanted) -> NetnsContext:
             raise PermissionError(1, "Operation not permitted")
 
-        poller._open = refuse  # type: ignore[method-assign]
+        poller._tracker.open = refuse  # type: ignore[method-assign]
         try:
             with structlog.testing.capture_logs() as logs:
                 first, _ = poll_text(poller)
@@ -178,7 +183,7 @@ def test_namespace_that_cannot_be_opened_fails_visibly(kernel: None, tmp_path: P
             ]
             assert "Operation not permitted" in first.results[0].error
             assert [e["event"] for e in logged(logs)] == ["source failed"]  # once, not every poll
-            poller._open = tracked_open  # type: ignore[method-assign]
+            poller._tracker.open = tracked_open  # type: ignore[method-assign]
             with structlog.testing.capture_logs() as logs:
                 recovered, _ = poll_text(poller)
             assert [(r.source, r.ok) for r in recovered.results] == [("sysctl", True)]
@@ -328,9 +333,10 @@ def test_hung_sockdiag_fails_alone_and_recovers(kernel: None) -> None:
         poller = Poller(Config(netns=frozenset({ns.name})))
         try:
             poll_text(poller)  # opens the namespace's context
-            (tracked,) = poller._tracked.values()
-            assert tracked.context is not None and tracked.context.diag is not None
-            hung = tracked.context.diag
+            (tracked,) = poller._tracker.tracked.values()
+            assert tracked.context is not None
+            hung = tracked.context.handle(DIAG)
+            assert isinstance(hung, DiagSocket)
             hung.recv_timeout = 0.3
             hung.sock.setsockopt(
                 socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", 0, 300_000)
@@ -344,7 +350,7 @@ def test_hung_sockdiag_fails_alone_and_recovers(kernel: None) -> None:
             assert all(ok for source, (ok, _) in outcome.items() if source != "sockdiag")
             assert f'tcptw_source_success{{netns="{ns.name}",source="sockdiag"}} 0.0' in text
             assert [e["event"] for e in logged(logs)] == ["source failed"]
-            assert tracked.context.diag is not hung  # replaced after the failure
+            assert tracked.context.handle(DIAG) is not hung  # replaced after the failure
             recovered, text = poll_text(poller)
             assert all(r.ok for r in recovered.results if r.netns == ns.name)
             assert f'tcptw_sockets{{family="ipv4",netns="{ns.name}",state="listen"}} 1.0' in text
@@ -359,14 +365,14 @@ def test_namespace_vanishing_between_discovery_and_open(kernel: None) -> None:
     with new_netns() as stays, new_netns() as goes:
         stays.listen("127.0.0.1", 8080)
         poller = Poller(Config(netns=frozenset({stays.name, goes.name})))
-        real_open = poller._open
+        real_open = poller._tracker.open
 
-        def delete_then_open(tracked: Tracked) -> NetnsContext:
+        def delete_then_open(tracked: Tracked, wanted: Wanted) -> NetnsContext:
             if tracked.label == goes.name:
                 subprocess.run(["ip", "netns", "delete", goes.name], check=True)
-            return real_open(tracked)
+            return real_open(tracked, wanted)
 
-        poller._open = delete_then_open  # type: ignore[method-assign]
+        poller._tracker.open = delete_then_open  # type: ignore[method-assign]
         try:
             with structlog.testing.capture_logs() as logs:
                 snapshot, text = poll_text(poller)

@@ -15,8 +15,11 @@ import pytest
 
 from exporter.config import Config
 from exporter.engine.poller import Poller
-from exporter.events.table import EventsSnapshot, parse_drops
-from exporter.sources.sockdiag.buckets import BucketOptions
+from exporter.engine.registry import FEEDS
+from exporter.events import feed
+from exporter.events.socket import parse_drops
+from exporter.events.table import EventsSnapshot
+from exporter.sources.sockdiag.source import TOP
 from tests.exposition import samples, series
 from tests.kernel import Netns, wait_until
 from tests.serving import Daemon, running
@@ -151,10 +154,11 @@ def test_top_k_keeps_every_close_in_exactly_one_series(netns: Netns) -> None:
     round: series leave the top K and come back. Following every exposition as
     Prometheus does, each series only grows, and the sum of every series' increase since
     its first sample, `other` included, is every close the kernel reported."""
-    options = BucketOptions(top=3)
-    poller = Poller(Config(netns=frozenset({netns.name}), buckets=options), events=True)
-    assert poller.events is not None
-    table = poller.events
+    config = Config(netns=frozenset({netns.name}), options={TOP.flag: 3})
+    poller = Poller(config, feeds=FEEDS)
+    session = poller.session(feed.FEED)
+    assert isinstance(session, feed.EventsSession)
+    table = session.table
     pairs = [
         (family, client, address)
         for family, clients, destinations in PLAN
@@ -168,8 +172,8 @@ def test_top_k_keeps_every_close_in_exactly_one_series(netns: Netns) -> None:
     def observe() -> None:
         """Two polls, each exposition read (a bucket is first exposed at its base)."""
         for _ in range(2):
-            events = poller.poll_once().events
-            assert events is not None
+            events = poller.poll_once().feeds[0].data
+            assert isinstance(events, EventsSnapshot)
             exposed = _rows(events)
             for key, value in exposed.items():
                 first.setdefault(key, value)
@@ -191,11 +195,11 @@ def test_top_k_keeps_every_close_in_exactly_one_series(netns: Netns) -> None:
                         made += n
                 events = 2 * made
                 wait_until(
-                    lambda: sum(ns.counted for ns in table.namespaces()) >= events,  # noqa: B023
+                    lambda: table.counted() >= events,  # noqa: B023
                     what="every close read",
                 )
                 observe()
-            counted = sum(ns.counted for ns in table.namespaces())
+            counted = table.counted()
     finally:
         poller.close()
     assert counted == 2 * made

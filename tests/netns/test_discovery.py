@@ -71,7 +71,7 @@ def test_discovery_finds_named_and_unnamed_namespaces(netns: Netns) -> None:
 _ESCAPED = {" ": "\\040", "\t": "\\011", "\n": "\\012", "\\": "\\134", "#": "\\043"}
 # A mount point as the kernel prints it (fs/proc_namespace.c, mangle): any bytes but NUL,
 # with space, tab, newline, backslash and "#" escaped; read with errors="replace".
-_MOUNT_POINT = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\0"))
+_MOUNT_POINT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\0"))
 OTHER_LINES = [
     "1 0 253:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw",
     "900 29 0:4 mnt:[4026532700] /run/mntns/pin rw - nsfs nsfs rw",

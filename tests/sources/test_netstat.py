@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from exporter.engine.poller import wanted
 from exporter.netns.context import NetnsContext
-from exporter.sources import SourceError
+from exporter.sources import SourceError, netstat
 from exporter.sources.netstat import (
     DEFAULT_FIELDS,
     parse_netstat,
@@ -77,13 +78,13 @@ def test_binary_garbage_is_a_source_error(tmp_path: Path) -> None:
     (tmp_path / "thread-self").mkdir()
     (tmp_path / "thread-self/net").symlink_to("../net")
     (tmp_path / "net/netstat").write_bytes((FIXTURES / "corrupt/netstat-binary").read_bytes())
-    context = NetnsContext.open(tmp_path, None, None, diag=False)
+    context = NetnsContext.open(tmp_path, None, None, wanted([netstat.SOURCE]))
     with pytest.raises(SourceError, match="not text"):
         read_netstat(context)
 
 
 def test_missing_file_is_a_source_error(tmp_path: Path) -> None:
-    context = NetnsContext.open(tmp_path, None, None, diag=False)
+    context = NetnsContext.open(tmp_path, None, None, wanted([netstat.SOURCE]))
     with pytest.raises(SourceError, match="cannot open"):
         read_netstat(context)
 

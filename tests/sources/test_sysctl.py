@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from exporter.engine.poller import wanted
 from exporter.netns.context import NetnsContext
-from exporter.sources import SourceError
+from exporter.sources import SourceError, sysctl
 from exporter.sources.sysctl import (
     Sysctls,
     parse_int,
@@ -23,7 +24,7 @@ from tests.kernel import Netns
 
 
 def read_tree(root: Path) -> Sysctls:
-    context = NetnsContext.open(root / "proc", None, None, diag=False)
+    context = NetnsContext.open(root / "proc", None, None, wanted([sysctl.SOURCE]))
     try:
         return read_sysctls(context)
     finally:

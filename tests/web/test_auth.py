@@ -62,6 +62,7 @@ def test_each_credential_pays_bcrypt_once(monkeypatch: pytest.MonkeyPatch) -> No
     assert calls == [HASH.encode(), HASH.encode(), exporter.web.auth.DECOY_HASH]
 
 
+@pytest.mark.kernel  # root: else the slab source (/sys/kernel/slab, 0400) logs a failure
 def test_basic_auth_over_http(tmp_path: Path) -> None:
     config = tmp_path / "web.yml"
     config.write_text(

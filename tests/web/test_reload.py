@@ -4,7 +4,6 @@ and a file that turns bad keeps the last good config with one error line."""
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import bcrypt
@@ -34,11 +33,11 @@ def test_sighup_and_file_changes_reload_the_web_config(tmp_path: Path) -> None:
         assert daemon.get(headers=basic("alice", "one"))[0].status == 401
         # A file turned bad keeps the last good config.
         config.write_text("basic_auth_users:\n  alice: plaintext\n")
-        time.sleep(2.5)
+        daemon.wait_for_event("web config reload failed", reason="changed on disk")
         assert daemon.get(headers=basic("alice", "two"))[0].status == 200
         # SIGHUP re-reads even when the watcher has already seen the file.
         daemon.proc.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
+        daemon.wait_for_event("web config reload failed", reason="SIGHUP")
         users_file(config, "bob", "three")
         daemon.proc.send_signal(signal.SIGHUP)
         wait_until(

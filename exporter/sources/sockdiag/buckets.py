@@ -21,7 +21,6 @@ batch's records plus the distinct buckets, whatever their number.
 
 from __future__ import annotations
 
-import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,14 +30,23 @@ import numpy as np
 import numpy.typing as npt
 
 from exporter.sources.sockdiag.codec import TCP_LISTEN, TCP_TIME_WAIT, Batch
+from exporter.sources.sockdiag.keys import (
+    KEY,
+    as_keys,
+    canonical,
+    key_rows,
+    prefix_mask,
+    put_port,
+    put_v6,
+    select,
+)
 
-_MAPPED_WORD = np.frombuffer(b"\0\0\xff\xff", dtype="<u4")[0]  # ::ffff:0:0/96, word 2
 _U64 = np.uint64
 # IPv4 key: local-address index (15 bits), remote address (32), port (16), TIME-WAIT (1).
 # The port is the remote one for outbound buckets, the local one for inbound buckets.
 _INDEX_SHIFT, _REMOTE_SHIFT, _PORT_SHIFT = 49, 17, 1
 INDEX_LIMIT = 1 << 15
-V6_KEY = 35  # local (16 bytes), remote (16), port (2, big-endian), TIME-WAIT (1)
+V6_KEY = KEY  # keys.py's layout, the flag byte the TIME-WAIT bit
 _CHUNK = 1 << 16  # keys decoded at a time into bucket arrays
 
 
@@ -189,12 +197,31 @@ class Classifier:
     ) -> npt.NDArray[np.bool_]:
         sport = batch.sport
         in_range = (sport >= self.low) & (sport <= self.high)
-        outbound: npt.NDArray[np.bool_] = in_range & ~np.isin(sport, self.wildcard_ports)
-        suspects = np.flatnonzero(outbound & np.isin(sport, self.listen_ports))
-        if suspects.size:
-            owned = _owned(batch, v4, local4, suspects, self.listen_v4, self.listen_v6)
-            outbound[suspects[owned]] = False
-        return outbound
+        return classify_outbound(
+            batch, v4, local4, in_range,
+            np.isin(sport, self.wildcard_ports), np.isin(sport, self.listen_ports),
+            self.listen_v4, self.listen_v6,
+        )  # fmt: skip
+
+
+def classify_outbound(
+    batch: Batch,
+    v4: npt.NDArray[np.bool_],
+    local4: npt.NDArray[np.uint32],
+    in_range: npt.NDArray[np.bool_],
+    on_wildcard_port: npt.NDArray[np.bool_],
+    on_listen_port: npt.NDArray[np.bool_],
+    listen_v4: npt.NDArray[np.uint64],
+    listen_v6: npt.NDArray[np.void],
+) -> npt.NDArray[np.bool_]:
+    """The rule, once: a socket in the port range is outbound unless a listener owns its
+    port, on a wildcard address or on its own local address (then the port is the
+    listener's, not an ephemeral one)."""
+    outbound: npt.NDArray[np.bool_] = in_range & ~on_wildcard_port
+    suspects = np.flatnonzero(outbound & on_listen_port)
+    if suspects.size:
+        outbound[suspects[_owned(batch, v4, local4, suspects, listen_v4, listen_v6)]] = False
+    return outbound
 
 
 def _owned(
@@ -236,9 +263,7 @@ class BucketTally:
         self._sorted_locals: npt.NDArray[np.uint32] = np.zeros(0, dtype=np.uint32)
         self._sorted_index: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
         self._v4_mask = _U64((0xFFFFFFFF << (32 - options.ipv4_prefix)) & 0xFFFFFFFF)
-        v6_bits = np.zeros(128, dtype=np.uint8)
-        v6_bits[: options.ipv6_prefix] = 1
-        self._v6_mask = np.packbits(v6_bits).view("<u4")  # as the kernel's four words
+        self._v6_mask = prefix_mask(options.ipv6_prefix, 16)
         self._inbound_port_ok: npt.NDArray[np.bool_] | None = None
         if options.inbound_ports is not None:
             self._inbound_port_ok = np.zeros(65536, dtype=bool)
@@ -249,22 +274,20 @@ class BucketTally:
     def add(self, batch: Batch) -> None:
         listening = batch.state == TCP_LISTEN
         if listening.any():
-            self._add_listeners(_select(batch, listening))
+            self._add_listeners(select(batch, listening))
             if listening.all():
                 return
-            batch = _select(batch, ~listening)
+            batch = select(batch, ~listening)
         sport = batch.sport
         in_range = (sport >= self.low) & (sport <= self.high)
         self.port_used[sport[in_range]] = True
-        v4, local4, remote4 = _canonical(batch)
-        # A socket on a port a listener owns (wildcard, or the same address) is inbound:
-        # its port is the listener's, not an ephemeral one. (The rule of Classifier, on
-        # per-port tables: this runs for every batch of a dump.)
-        outbound = in_range & ~self.wildcard_port[sport]
-        suspects = np.flatnonzero(outbound & self.listen_port[sport])
-        if suspects.size:
-            owned = _owned(batch, v4, local4, suspects, self._listen_v4, self._listen_v6)
-            outbound[suspects[owned]] = False
+        v4, local4, remote4 = canonical(batch)
+        # Per-port tables here: this runs for every batch of a dump.
+        outbound = classify_outbound(
+            batch, v4, local4, in_range,
+            self.wildcard_port[sport], self.listen_port[sport],
+            self._listen_v4, self._listen_v6,
+        )  # fmt: skip
         inbound = ~outbound
         if self._inbound_port_ok is not None:
             inbound &= self._inbound_port_ok[sport]
@@ -283,7 +306,7 @@ class BucketTally:
                     self._count_v6(runs, batch.src[mask], batch.dst[mask], ports[mask], tw[mask])
 
     def _add_listeners(self, listeners: Batch) -> None:
-        v4, local4, _ = _canonical(listeners, listeners_only=True)
+        v4, local4, _ = canonical(listeners, listeners_only=True)
         port = listeners.sport
         self.listen_port[port] = True
         in_range = (port >= self.low) & (port <= self.high)
@@ -369,13 +392,11 @@ class BucketTally:
         port: npt.NDArray[np.uint16],
         tw: npt.NDArray[np.bool_],
     ) -> None:
-        rows = np.empty((local.shape[0], V6_KEY), dtype=np.uint8)
-        rows[:, :16] = local.astype("<u4").view(np.uint8)
-        rows[:, 16:32] = (remote & self._v6_mask).astype("<u4").view(np.uint8)
-        rows[:, 32] = port >> 8
-        rows[:, 33] = port & 0xFF
+        rows = key_rows(local.shape[0])
+        put_v6(rows, slice(None), local, remote, self._v6_mask)
+        put_port(rows, port)
         rows[:, 34] = tw
-        keys, counts = np.unique(rows.view(f"V{V6_KEY}").ravel(), return_counts=True)
+        keys, counts = np.unique(as_keys(rows), return_counts=True)
         runs.v6.add(keys, counts)
 
     # -- the result ---------------------------------------------------------------------
@@ -493,22 +514,18 @@ def _fold_timewait(
     keys: npt.NDArray[np.generic],
     counts: npt.NDArray[np.integer],
     tw_bit: npt.NDArray[np.generic],
-    prefix: int | None = None,
+    prefix: int,
 ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int32], npt.NDArray[np.int32]]:
-    """Keys are sorted and end in the TIME-WAIT bit, so a bucket's two keys (not TIME-WAIT,
-    TIME-WAIT) are adjacent. Returns each bucket's first key's position, its sockets and
-    its TIME-WAIT sockets."""
+    """Byte-string keys are sorted and end in the TIME-WAIT bit, so a bucket's two keys
+    (not TIME-WAIT, TIME-WAIT) are adjacent, alike in their first `prefix` bytes. Returns
+    each bucket's first key's position, its sockets and its TIME-WAIT sockets."""
     n = counts.shape[0]
     counts32: npt.NDArray[np.int32] = counts.astype(np.int32, copy=False)
     if n == 0:
         empty = np.zeros(0, dtype=np.int32)
         return np.zeros(0, dtype=np.intp), empty, empty
-    if prefix is None:  # integer keys: the bucket is key >> 1
-        bucket = keys >> 1  # type: ignore[operator]
-        same = bucket[1:] == bucket[:-1]
-    else:  # byte-string keys: the bucket is the first `prefix` bytes
-        raw = keys.view(np.uint8).reshape(n, -1)[:, :prefix]
-        same = np.all(raw[1:] == raw[:-1], axis=1)
+    raw = keys.view(np.uint8).reshape(n, -1)[:, :prefix]
+    same = np.all(raw[1:] == raw[:-1], axis=1)
     first = np.flatnonzero(np.concatenate([[True], ~same]))
     timewait_counts = np.where(np.asarray(tw_bit) != 0, counts32, 0).astype(np.int32)
     if first.size == n:  # no bucket has keys of both kinds: one key per bucket
@@ -534,38 +551,3 @@ def _listen_key_v6(
     rows[:, 17] = port & 0xFF
     keys: npt.NDArray[np.void] = rows.view("V18").ravel()
     return keys
-
-
-def _select(batch: Batch, mask: npt.NDArray[np.bool_]) -> Batch:
-    return Batch(
-        family=batch.family[mask],
-        state=batch.state[mask],
-        sport=batch.sport[mask],
-        dport=batch.dport[mask],
-        src=batch.src[mask],
-        dst=batch.dst[mask],
-    )
-
-
-def _canonical(
-    batch: Batch, listeners_only: bool = False
-) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
-    """(is IPv4, local IPv4 word, remote IPv4 word): the address word of AF_INET sockets
-    (word 0) and of IPv4-mapped AF_INET6 ones (::ffff:a.b.c.d, word 3) alike, so both land
-    in the same buckets. The words of other IPv6 rows are meaningless."""
-    v4_family = batch.family == socket.AF_INET
-    src, dst = batch.src, batch.dst
-    if bool(v4_family.all()):
-        return v4_family, src[:, 0], dst[:, 0]
-    mapped = _is_mapped(src)
-    if not listeners_only:
-        mapped &= _is_mapped(dst)
-    v4 = v4_family | mapped
-    return v4, np.where(v4_family, src[:, 0], src[:, 3]), np.where(v4_family, dst[:, 0], dst[:, 3])
-
-
-def _is_mapped(words: npt.NDArray[np.uint32]) -> npt.NDArray[np.bool_]:
-    mapped: npt.NDArray[np.bool_] = (
-        (words[:, 0] == 0) & (words[:, 1] == 0) & (words[:, 2] == _MAPPED_WORD)
-    )
-    return mapped

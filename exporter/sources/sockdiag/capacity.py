@@ -31,16 +31,43 @@ import numpy as np
 import numpy.typing as npt
 
 from exporter.sources.sockdiag.buckets import BucketOptions, Buckets, BucketTally
+from exporter.sources.sysctl import Sysctls
 
 OTHER = "other"
 
 
 @dataclass(frozen=True, slots=True)
 class PortPolicy:
+    """What connect() obeys in one namespace, from its sysctls."""
+
     port_range: tuple[int, int]
     reserved: tuple[tuple[int, int], ...]
     tw_reuse: int
     timestamps: int
+
+    @classmethod
+    def from_sysctls(cls, sysctls: Sysctls) -> PortPolicy | None:
+        """None without ip_local_port_range: buckets and capacity are then absent."""
+        if sysctls.port_range is None:
+            return None
+        return cls(
+            port_range=sysctls.port_range,
+            reserved=sysctls.reserved_ports or (),
+            tw_reuse=int(sysctls.values.get("tcp_tw_reuse", 0)),
+            timestamps=int(sysctls.values.get("tcp_timestamps", 1)),
+        )
+
+    def reuse_by_value(self, local_loopback: bool, remote_loopback: bool) -> bool:
+        """Does the value of tcp_tw_reuse alone let connect() take over a TIME-WAIT
+        quadruplet of this bucket (tcp_twsk_unique, net/ipv4/tcp_ipv4.c)? 1: any; 2:
+        when either end is a loopback address."""
+        if self.tw_reuse == 1:
+            return True
+        return self.tw_reuse == 2 and (local_loopback or remote_loopback)
+
+    def reuse(self, local_loopback: bool, remote_loopback: bool) -> bool:
+        """... and timestamps on, which tcp_twsk_unique also needs."""
+        return bool(self.timestamps) and self.reuse_by_value(local_loopback, remote_loopback)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,10 +146,12 @@ def timewait_reusable(policy: PortPolicy, buckets: Buckets) -> npt.NDArray[np.bo
     """Per bucket: may connect() take over its TIME-WAIT quadruplets (tcp_twsk_unique,
     net/ipv4/tcp_ipv4.c)? tcp_tw_reuse 1, or 2 with a loopback end, and timestamps on."""
     n = len(buckets)
-    if not policy.timestamps or policy.tw_reuse not in (1, 2):
-        return np.zeros(n, dtype=bool)
-    if policy.tw_reuse == 1:
+    # PortPolicy.reuse on arrays: its answer for (not loopback, not loopback) holds for
+    # every bucket unless loopback matters, and then for exactly the loopback ones.
+    if policy.reuse(False, False):
         return np.ones(n, dtype=bool)
+    if not policy.reuse(True, True):
+        return np.zeros(n, dtype=bool)
     either: npt.NDArray[np.bool_] = buckets.loopback(False) | buckets.loopback(True)
     return either
 

@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from exporter.sources.sockdiag.buckets import BucketOptions, BucketTally
 from exporter.sources.sockdiag.capacity import PortPolicy, summarize
 from exporter.sources.sockdiag.codec import (
+    FAMILIES,
+    REPORTED_STATES,
     TCP_LISTEN,
     TCP_TIME_WAIT,
     Batch,
@@ -24,14 +26,14 @@ from exporter.sources.sockdiag.codec import (
     decode_batch,
 )
 from exporter.sources.sockdiag.tally import SocketTally
-from tests.exposition import samples, series
+from tests.exposition import Key, samples, series
 from tests.fuzzing import mutated
 from tests.kernel import Netns, connect, server_closes_first, time_wait_pairs
 from tests.sources.sockdiag.test_codec import DUMPS
 from tests.sources.sockdiag.test_codec import NAMES as DUMP_NAMES
 
 
-def labels_of(parsed: dict, metric: str) -> dict[tuple[str, ...], float]:
+def labels_of(parsed: dict[Key, float], metric: str) -> dict[tuple[str, ...], float]:
     return {
         tuple(v for k, v in sorted(key) if k != "netns"): count
         for key, count in series(parsed, metric).items()
@@ -140,6 +142,8 @@ v6_addr = st.one_of(
     st.sampled_from([1, 0x20010DB8 << 96 | 1, 0x20010DB8 << 96 | 2]),
     st.integers(0, (1 << 128) - 1),
 )
+Sock = tuple[str, int, int, int, int, int, int, int]  # kind, state, local 4/6, port, remote
+Listener = tuple[str, bool, int, int]  # kind, wildcard, address, port
 sock = st.tuples(
     st.sampled_from(["v4", "v6", "mapped"]),
     st.sampled_from([1, 6, 8]),
@@ -196,7 +200,15 @@ def make_batch(rows: list[tuple[str, int, bytes, int, bytes, int]]) -> Batch:
     prefixes=(32, 128), batches=1, index_limit=1,
 )  # fmt: skip
 def test_aggregation_matches_brute_force(
-    sockets, listeners, reserved, top, min_sockets, tw_reuse, prefixes, batches, index_limit
+    sockets: list[Sock],
+    listeners: list[Listener],
+    reserved: list[tuple[int, int]],
+    top: int,
+    min_sockets: int,
+    tw_reuse: int,
+    prefixes: tuple[int, int],
+    batches: int,
+    index_limit: int,
 ) -> None:
     options = BucketOptions(
         top=top, min_sockets=min_sockets, ipv4_prefix=prefixes[0], ipv6_prefix=prefixes[1]
@@ -280,8 +292,9 @@ def test_aggregation_matches_brute_force(
     largest = sorted(out.values(), reverse=True)[:n_kept]
     assert [r.sockets for r in usage.outbound] == largest
     assert sum(r.sockets for r in usage.inbound) + usage.inbound_rest.sockets == sum(inn.values())
-    for row in usage.inbound:
-        assert inn[(row.local_addr, row.local_port, row.remote_addr)] == row.sockets
+    for inbound_row in usage.inbound:
+        local_key = (inbound_row.local_addr, inbound_row.local_port, inbound_row.remote_addr)
+        assert inn[local_key] == inbound_row.sockets
 
 
 # -- whatever the decoder returns must aggregate (fuzz/targets.py "tally" under atheris) --
@@ -321,4 +334,15 @@ def test_any_decoded_records_aggregate(
     tally.add(batch)
     stats = tally.result(())
     assert stats.ports is not None
-    assert all(count >= 0 for count in stats.states.values())
+    # Each record counted once per add(), any family but AF_INET6 as IPv4, states past the
+    # reported ones (TCP_CLOSE, 12-255) in no series.
+    expected: Counter[tuple[str, str]] = Counter()
+    for family, state in zip(batch.family.tolist(), batch.state.tolist(), strict=True):
+        if state in REPORTED_STATES:
+            name = FAMILIES[socket.AF_INET6 if family == socket.AF_INET6 else socket.AF_INET]
+            expected[(name, REPORTED_STATES[state])] += 2
+    assert stats.states == {
+        (name, state): expected[(name, state)]
+        for name in FAMILIES.values()
+        for state in REPORTED_STATES.values()
+    }

@@ -233,8 +233,11 @@ U32 = st.integers(0, 2**32 - 1)
 ALLOWED = (DiagProtocolError, DumpInterrupted)
 
 
+Fields = tuple[int, int, int, int, bytes, bytes]  # family, state, sport, dport, src, dst
+
+
 @st.composite
-def diag_records(draw: st.DrawFn) -> tuple[bytes, tuple[int, int, int, int, bytes, bytes]]:
+def diag_records(draw: st.DrawFn) -> tuple[bytes, Fields]:
     """The payload of one inet_diag_msg record (attributes after it), and its fields."""
     family = draw(st.sampled_from([socket.AF_INET, socket.AF_INET6]) | st.integers(0, 255))
     state = draw(st.integers(1, 11) | st.integers(0, 255))
@@ -250,11 +253,12 @@ def diag_records(draw: st.DrawFn) -> tuple[bytes, tuple[int, int, int, int, byte
 
 
 @st.composite
-def diag_dumps(draw: st.DrawFn) -> tuple[bytes, int, int, int, list[tuple], bool]:
+def diag_dumps(draw: st.DrawFn) -> tuple[bytes, int, int, int, list[Fields], bool]:
     """A dump reply stream: records of the request's type, then NLMSG_DONE."""
     seq, pid = draw(U32), draw(U32)
     kind = draw(st.sampled_from([SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK]))
-    data, fields, interrupted = b"", [], False
+    data, interrupted = b"", False
+    fields: list[Fields] = []
     for body, record in draw(st.lists(diag_records(), max_size=12)):
         flags = NLM_F_MULTI | (NLM_F_DUMP_INTR if draw(st.integers(0, 9)) == 0 else 0)
         interrupted |= bool(flags & NLM_F_DUMP_INTR)
@@ -270,7 +274,7 @@ def diag_dumps(draw: st.DrawFn) -> tuple[bytes, int, int, int, list[tuple], bool
 @FUZZ
 @given(diag_dumps())
 def test_generated_dump_decodes_to_exactly_its_fields(
-    dump: tuple[bytes, int, int, int, list[tuple], bool],
+    dump: tuple[bytes, int, int, int, list[Fields], bool],
 ) -> None:
     data, seq, pid, kind, fields, interrupted = dump
     batch, end = decode_batch(memoryview(data), len(data), seq, pid, kind)

@@ -19,7 +19,7 @@ import pytest
 from pyroute2.netlink.diag import inet_diag_msg
 
 from exporter.config import Config
-from exporter.engine.registry import NetnsPoll, read_sockdiag
+from exporter.sources.declare import Handle, NetnsPoll, Opener
 from exporter.sources.sockdiag.buckets import BucketOptions
 from exporter.sources.sockdiag.capacity import PortPolicy
 from exporter.sources.sockdiag.codec import (
@@ -36,6 +36,7 @@ from exporter.sources.sockdiag.codec import (
     DumpInterrupted,
 )
 from exporter.sources.sockdiag.dump import SYNC_BYTES, DiagSocket, dump_all, new_buffers
+from exporter.sources.sockdiag.source import DIAG, read_sockdiag
 from exporter.sources.sockdiag.tally import SocketTally
 
 DUMPS = Path(__file__).resolve().parents[2] / "fixtures" / "sockdiag"
@@ -161,7 +162,7 @@ def test_replayed_dump_counts_what_pyroute2_decodes(copies: int) -> None:
     assert (sum(map(len, others)) > SYNC_BYTES) == (copies > 1)
     stats = tally_of(fake_diag(normal(listeners_then(others)))).result(())
     expected = states_of(LISTENERS) + states_of(others)
-    names = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+    names: dict[int, str] = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
     ours = {(f, s): n for (f, s), n in stats.states.items() if n}
     assert ours == {(names[f], TCP_STATES[s]): n for (f, s), n in expected.items()}
     assert expected[(socket.AF_INET, TCP_LISTEN)] > 0 and expected[(socket.AF_INET6, 6)] > 0
@@ -241,14 +242,21 @@ class FakeContext:
     files: dict[str, str]
     opened: int = 0
     diag: DiagSocket | None = None
-    events: None = None  # no socket-destroy listener
 
     def __post_init__(self) -> None:
-        self.reopen_diag()
+        self.reopen(DIAG)
 
-    def reopen_diag(self) -> None:
+    def reopen(self, opener: Opener) -> None:
+        assert opener is DIAG
         self.diag = fake_diag(self.scripts[self.opened])
         self.opened += 1
+
+    def handle(self, opener: Opener) -> Handle:
+        assert opener is DIAG and self.diag is not None
+        return self.diag
+
+    def missing(self, opener: Opener) -> str:
+        return ""
 
     def has_net(self, name: str) -> bool:
         return name in self.files
@@ -267,7 +275,7 @@ SOCKSTAT = "TCP: inuse 3 orphan 0 tw 5 alloc 4 mem 1\n"
 
 
 def poll_of(context: FakeContext) -> NetnsPoll:
-    return NetnsPoll("t", context, Config(), new_buffers())  # type: ignore[arg-type]
+    return NetnsPoll("t", context, Config(), {})
 
 
 def test_an_interrupted_dump_is_redone_once_on_a_fresh_socket() -> None:
