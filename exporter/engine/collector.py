@@ -22,7 +22,13 @@ from exporter.engine.registry import FEEDS, SOURCES
 from exporter.engine.snapshot import HOST, Snapshot
 from exporter.sources.declare import Scope
 
-OUTCOMES = ("dumped", "skipped", "read", "deferred", "failed")
+# Outcomes of the engine's own, after those the sources declare.
+ENGINE_OUTCOMES = (
+    ("read", "read (no enabled source said more)"),
+    ("deferred", "deferred (figures kept from an earlier poll)"),
+    ("failed", "failed (could not be opened)"),
+)
+OUTCOMES = (*(o for s in SOURCES for o in s.outcomes), *ENGINE_OUTCOMES)
 
 
 class SnapshotCollector(Collector):
@@ -153,11 +159,9 @@ def _namespaces(snapshot: Snapshot) -> Iterator[Metric]:
     yield took
     count = GaugeMetricFamily(
         "tcptw_poll_namespaces",
-        "Namespaces in the last poll by outcome: dumped, skipped (sockstat showed no TCP "
-        "socket, so no dump was needed), read (the sockdiag collector is off), deferred "
-        "(figures kept from an earlier poll), failed (could not be opened)",
+        "Namespaces in the last poll by outcome: " + ", ".join(text for _, text in OUTCOMES),
         labels=["outcome"],
     )
-    for outcome in OUTCOMES:
+    for outcome, _ in OUTCOMES:
         count.add_metric([outcome], outcomes[outcome])
     yield count

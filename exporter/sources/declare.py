@@ -185,6 +185,7 @@ class Source(Generic[T]):
     requires: tuple[Source[Any], ...] = ()  # read through NetnsPoll.result
     # What reading a namespace came to (tcptw_poll_namespaces' outcome); None: "read".
     outcome: Callable[[T], str] | None = None
+    outcomes: tuple[tuple[str, str], ...] = ()  # (outcome, what it means), for HELP
 
 
 def _no_reader() -> Any:

@@ -29,6 +29,7 @@ from aiohttp.web_protocol import RequestHandler
 from prometheus_client.exposition import gzip_accepted
 
 from exporter import __version__
+from exporter.config import DEFAULTS
 from exporter.engine.exposition import Exposition
 from exporter.web.auth import BasicAuth
 from exporter.web.reload import LoadedWeb
@@ -54,10 +55,10 @@ def parse_listen_address(address: str) -> tuple[str | None, int]:
 
 @dataclass(frozen=True)
 class WebLimits:
-    telemetry_path: str = "/metrics"
-    max_requests: int = 40
-    read_timeout: float = 10.0
-    idle_timeout: float = 120.0
+    telemetry_path: str = DEFAULTS.telemetry_path
+    max_requests: int = DEFAULTS.max_requests
+    read_timeout: float = DEFAULTS.read_timeout
+    idle_timeout: float = DEFAULTS.idle_timeout
 
 
 class _Connection(RequestHandler):
@@ -65,7 +66,7 @@ class _Connection(RequestHandler):
     from the first byte after a response. aiohttp's own keep-alive timer only closes
     connections idle between requests, and a slowloris client is never idle."""
 
-    read_timeout = 10.0
+    read_timeout = DEFAULTS.read_timeout  # set per server from WebLimits
     _head_timer: asyncio.TimerHandle | None = None
     _between_requests = True
 

@@ -286,4 +286,8 @@ SOURCE: Source[SocketStats] = Source(
     options=(TOP, MIN_SOCKETS, IPV4_PREFIX, IPV6_PREFIX, INBOUND_PORTS),
     requires=(sysctl.SOURCE, sockstat.SOURCE),
     outcome=outcome,
+    outcomes=(
+        ("dumped", "dumped"),
+        ("skipped", "skipped (sockstat showed no TCP socket, so no dump was needed)"),
+    ),
 )
