@@ -43,7 +43,7 @@ def require_kernel() -> None:
     without `ip netns`; under CI=true they must run, so the same condition fails instead."""
     reason = _kernel_reason()
     if reason is not None:
-        skip_or_fail(f"kernel test: {reason}")
+        skip_or_fail(reason)
 
 
 @pytest.fixture

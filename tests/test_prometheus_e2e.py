@@ -202,7 +202,7 @@ class Client:
                 except OSError as exc:
                     assert exc.errno in (errno.EADDRNOTAVAIL, errno.EADDRINUSE), exc
                     self.failed += 1
-                    time.sleep(0.02)
+                    time.sleep(0.02)  # pacing: no busy loop while ports are exhausted
                 finally:
                     sock.close()
 

@@ -48,6 +48,7 @@ def status(daemon_port: int, context: ssl.SSLContext, path: str = "/metrics") ->
         conn.close()
 
 
+@pytest.mark.kernel  # root: else the slab source (/sys/kernel/slab, 0400) logs a failure
 def test_tls_without_client_certificates(pki: Pki, tmp_path: Path) -> None:
     config = web_config(tmp_path, pki, "  min_version: TLS12\n")
     with running(f"--web.config.file={config}", context=pki.client_context(False)) as daemon:

@@ -109,7 +109,7 @@ def test_tw_reuse_2_lets_loopback_connects_take_over_time_wait(netns: Netns) -> 
     # Reusable after tcp_tw_reuse_delay (1 s): none of them counts as used.
     assert value(parsed, "tcptw_outbound_port_utilization_max_ratio", **ns) == 0.0
     recycled = parse_netstat(netns.read("net/netstat"))["TWRecycled"]
-    time.sleep(1.2)
+    time.sleep(1.2)  # under test: past tcp_tw_reuse_delay (1 s), a TIME-WAIT is reusable
     taken = client(netns, "127.0.0.1", remote)  # no EADDRNOTAVAIL: a TIME-WAIT is taken over
     netns.held.append(listener.accept()[0])
     assert taken.getsockname()[1] in range(40010, 40100)
