@@ -1,42 +1,111 @@
-# timewait-exporter container image.
+# timewait-exporter container image: Debian bookworm's own python3.11 and a venv, so the
+# image is made of Debian packages plus the hash-pinned wheels of image-requirements.txt.
 #
-#   docker build -t timewait-exporter:0.1.0 .
-#   docker run --rm --network host --pid host \
+#   podman build --format docker -t timewait-exporter:0.1.0 \
+#     --build-arg REVISION="$(git rev-parse HEAD)" .
+#   (docker build takes the same arguments, without --format)
+#
+#   docker run --rm --network host --memory 192m \
 #     --cap-drop ALL --cap-add SYS_ADMIN --cap-add SYS_PTRACE \
 #     --security-opt apparmor=unconfined --security-opt no-new-privileges \
-#     -v /proc:/host/proc:ro -v /sys:/host/sys:ro -v /var/log/pods:/var/log/pods:ro \
-#     timewait-exporter:0.1.0 serve --path.procfs=/host/proc --path.sysfs=/host/sys
+#     --read-only --tmpfs /tmp -v /proc:/host/proc:ro -v /var/log/pods:/var/log/pods:ro \
+#     timewait-exporter:0.1.0 serve --path.procfs=/host/proc
 #
-# The image runs as root ON PURPOSE. The exporter enters other network namespaces with
-# setns(2) (CAP_SYS_ADMIN) and opens /proc/<pid>/ns/net of other users' processes and
-# /proc/1/root/<nsfs mount> (CAP_SYS_PTRACE). Kubernetes and
-# Docker only make added capabilities effective for uid 0 (there are no ambient
-# capabilities), so a non-root user would hold none of them. Contain it instead: drop
-# every other capability, mount the root filesystem read-only, and bind /proc and /sys
-# read-only (see deploy/kubernetes/base/daemonset.yaml).
-FROM python:3.11.11-slim-bookworm
+# Pinned inputs: the Debian release (bookworm); the Debian package versions below, as
+# build args (PYTHON_VERSION for the interpreter; BINUTILS_VERSION for `strip`, in the
+# build stage only): a newer point or security release replaces them on the mirror, so
+# bump them then (`apt-cache policy python3.11-minimal binutils` in a bookworm container
+# shows the current ones); every wheel by version and hash (image-requirements.txt). To
+# pin the base image as well, pass BASE_IMAGE=debian:bookworm-slim@sha256:<digest>.
+#
+# The image runs as root ON PURPOSE (no USER: uid 0, as the DaemonSet's runAsUser: 0).
+# The exporter enters other network namespaces with setns(2) (CAP_SYS_ADMIN) and opens
+# /proc/<pid>/ns/net of other users' processes and /proc/1/root/<nsfs mount>
+# (CAP_SYS_PTRACE). Kubernetes and Docker only make added capabilities effective for
+# uid 0 (there are no ambient capabilities), so a non-root user would hold none of them.
+# Contain it instead: drop every other capability, no-new-privileges, a read-only root
+# filesystem with /tmp on tmpfs, /proc of the host read-only (see
+# deploy/kubernetes/base/daemonset.yaml). Nothing in the image writes: Python does not
+# write bytecode (PYTHONDONTWRITEBYTECODE; pip compiled it at build time).
+#
+# The HEALTHCHECK (`timewait-exporter healthcheck`) follows the serving process's flags:
+# it reads the command line of the `timewait-exporter serve` process in the container
+# (its listen address and --web.config.file, for TLS) and GETs /healthz on loopback. Flags
+# given to `healthcheck` itself replace that. Build with --format docker under podman, or
+# the OCI format drops the HEALTHCHECK.
 
-LABEL org.opencontainers.image.title="timewait-exporter" \
-      org.opencontainers.image.description="Prometheus exporter for TCP TIME-WAIT and ephemeral-port exhaustion, per network namespace" \
-      org.opencontainers.image.licenses="Apache-2.0"
+ARG BASE_IMAGE=debian:bookworm-slim
+ARG PYTHON_VERSION=3.11.2-6+deb12u9
+ARG BINUTILS_VERSION=2.40-2
 
-ENV PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+FROM ${BASE_IMAGE} AS build
+ARG PYTHON_VERSION
+ARG BINUTILS_VERSION
+# pip's index: PyPI by default, trusted through Debian's CA bundle. Behind a proxy with its
+# own CA, mount that bundle read-only for the build and name it, e.g.
+#   -v /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro --build-arg PIP_CERT=/run/host-ca.crt
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG PIP_EXTRA_INDEX_URL=
+ARG PIP_TRUSTED_HOST=
+ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends \
+        "python3.11-venv=${PYTHON_VERSION}" \
+        "binutils=${BINUTILS_VERSION}" \
+    && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY image-requirements.txt ./
+RUN python3.11 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --require-hashes --only-binary=:all: \
+        -r image-requirements.txt
+COPY pyproject.toml README.md LICENSE ./
 COPY exporter/ ./exporter/
-RUN pip install --no-cache-dir . \
-    && rm -rf /src/build /src/*.egg-info
+# The project's own wheel, built offline with the pinned setuptools; then pip, setuptools
+# and numpy's test suites leave the venv, and the extension modules' debug information
+# (uvloop's alone is 10 MB) is stripped. The wheels' bundled libraries (*.libs/) are
+# left as auditwheel made them.
+RUN /opt/venv/bin/pip install --no-index --no-deps --no-build-isolation . \
+    && /opt/venv/bin/pip uninstall -y -q setuptools pip \
+    && find /opt/venv/lib/python3.11/site-packages/numpy -depth -type d -name tests \
+        -exec rm -rf {} + \
+    && rm -rf /opt/venv/lib/python3.11/site-packages/numpy/_core/include \
+    && find /opt/venv/lib/python3.11/site-packages -name '*.so' -not -path '*.libs/*' \
+        -exec strip --strip-debug {} + \
+    && /opt/venv/bin/timewait-exporter --version
+
+FROM ${BASE_IMAGE}
+ARG PYTHON_VERSION
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG SOURCE=https://github.com/timewait-exporter/timewait-exporter
+LABEL org.opencontainers.image.title="timewait-exporter" \
+      org.opencontainers.image.description="Prometheus exporter for TCP TIME-WAIT and ephemeral-port exhaustion, per network namespace" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="${SOURCE}"
+
+# Only the interpreter and its standard library (no pip, no ensurepip, no apt after this).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends \
+        "python3.11-minimal=${PYTHON_VERSION}" \
+        "libpython3.11-stdlib=${PYTHON_VERSION}" \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log
+
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
 
 WORKDIR /
 EXPOSE 9961
 
-# /healthz answers while the process serves (no poll, no exposition rendered). Assumes
-# the default --web.listen-address (:9961) over plain HTTP: with TLS from --web.config.file,
-# override it (docker run --health-cmd) or disable it (--no-healthcheck).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9961/healthz', timeout=4)"]
+    CMD ["timewait-exporter", "healthcheck"]
 
 ENTRYPOINT ["timewait-exporter"]
 CMD ["serve"]

@@ -35,10 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "command",
         nargs="?",
-        choices=("serve", "dump", "report"),
+        choices=("serve", "dump", "report", "healthcheck"),
         default="serve",
         help="serve (default): run the daemon; dump: one poll, exposition on stdout; "
-        "report: two polls --window apart, a diagnosis with findings and remedies"
+        "report: two polls --window apart, a diagnosis with findings and remedies; "
+        "healthcheck: GET /healthz of the local daemon (its flags, or these), exit 0 or 1",
     )
     web = parser.add_argument_group("web")
     web.add_argument(
@@ -254,6 +255,10 @@ def report(config: Config, window: float, fmt: str, fail_on: float | None) -> in
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "healthcheck":
+        from exporter import healthcheck
+
+        return healthcheck.main(args, sys.argv[1:] if argv is None else argv, parser)
     try:
         config = config_from_args(args)
     except ValueError as exc:
