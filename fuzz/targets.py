@@ -41,6 +41,7 @@ with atheris.instrument_imports(include=["exporter"]):
     from exporter.sources.sockdiag.dump import _ends_dump
     from exporter.sources.sockdiag.tally import SocketTally
 
+from tests import oracles  # noqa: E402
 from tests.bytecode import audit, run_program  # noqa: E402
 
 PARSE_ERRORS = (SourceError,)
@@ -118,10 +119,11 @@ def fuzz_tally(data: bytes) -> None:
     if tally._buckets is not None and flags & 8:
         tally._buckets.index_limit = 1  # the wide-key path
     half = len(batch) // 2
-    for part in (batch, _rows(batch, slice(0, half)), _rows(batch, slice(half, None))):
+    parts = [batch, _rows(batch, slice(0, half)), _rows(batch, slice(half, None))]
+    for part in parts:
         tally.add(part)
     stats = tally.result(())
-    assert all(count >= 0 for count in stats.states.values())
+    assert stats.states == oracles.state_counts(parts)
 
 
 def _rows(batch: inet_diag.Batch, rows: slice) -> inet_diag.Batch:
@@ -165,7 +167,9 @@ def fuzz_netstat(data: bytes) -> None:
             counters = netstat.parse_netstat(text)
         except PARSE_ERRORS:
             continue
-        assert all(isinstance(v, int) and v >= 0 for v in counters.values())
+        words = oracles.two_line_group(text, "TcpExt")
+        assert counters == {name: int(value) for name, value in words.items()}
+        assert all(0 <= v < 10**20 for v in counters.values())
         for name in counters:
             netstat.snake_case(name)
 
@@ -176,7 +180,8 @@ def fuzz_snmp(data: bytes) -> None:
             values = snmp.parse_snmp_tcp(text)
         except PARSE_ERRORS:
             continue
-        assert all(isinstance(v, int) and v >= 0 for v in values.values())
+        row = oracles.two_line_group(text, "Tcp")
+        assert values == {name: int(row[name]) for name in snmp.FIELDS if name in row}
 
 
 def fuzz_sockstat(data: bytes) -> None:
@@ -192,15 +197,14 @@ def fuzz_slab(data: bytes) -> None:
     """/proc/slabinfo, and the input's first five lines as the sysfs files of a cache."""
     for text in texts(data):
         with contextlib.suppress(*PARSE_ERRORS):
-            slab.parse_slabinfo(text, 4096)
+            assert slab.parse_slabinfo(text, 4096) == oracles.slabinfo_caches(text, 4096)
         lines = [*text.split("\n", len(slab.SYSFS_FILES) - 1), *[""] * len(slab.SYSFS_FILES)]
+        files = dict(zip(slab.SYSFS_FILES, lines, strict=False))
         try:
-            cache = slab.sysfs_cache(
-                "tw_sock_TCP", dict(zip(slab.SYSFS_FILES, lines, strict=False)), 4096
-            )
+            cache = slab.sysfs_cache("tw_sock_TCP", files, 4096)
         except PARSE_ERRORS:
             continue
-        assert cache.memory_bytes >= 0
+        assert cache == oracles.sysfs_cache("tw_sock_TCP", files, 4096)
 
 
 def fuzz_sysctl(data: bytes) -> None:

@@ -18,6 +18,7 @@ from exporter.sources.slab import (
     read_sysfs_cache,
     sysfs_cache,
 )
+from tests import oracles
 from tests.conftest import FIXTURES, TREES, skip_or_fail
 from tests.fuzzing import FUZZ, mutated
 from tests.fuzzing import texts as decodings
@@ -146,21 +147,7 @@ def test_mutated_slabinfo_parses_or_raises_source_error(data: bytes) -> None:
             caches = parse_slabinfo(text, 4096)
         except SourceError:
             continue
-        # Accepted: every line is a cache (the last of a name wins), its figures the words.
-        lines = [line.split() for line in text.splitlines()[1:] if not line.startswith("#")]
-        rows = {words[0]: words for words in lines if words}
-        assert caches == {
-            name: SlabCache(
-                name=name,
-                objects=int(words[2]),
-                active_objects=int(words[1]),
-                object_size=int(words[3]),
-                memory_bytes=int(words[14]) * int(words[5]) * 4096,
-                merged=False,
-                shared_cache="",
-            )
-            for name, words in rows.items()
-        }
+        assert caches == oracles.slabinfo_caches(text, 4096)
 
 
 @FUZZ
@@ -190,16 +177,7 @@ def test_mutated_sysfs_files_give_figures_or_source_error(files: list[bytes]) ->
         cache = sysfs_cache("tw_sock_TCP", texts, 4096)
     except SourceError:
         return
-    first = {key: int(text.split()[0]) for key, text in texts.items()}
-    assert cache == SlabCache(
-        name="tw_sock_TCP",
-        objects=first["total_objects"],
-        active_objects=first["objects"],
-        object_size=first["slab_size"],
-        memory_bytes=first["slabs"] * (4096 << first["order"]),
-        merged=False,
-        shared_cache="",
-    )
+    assert cache == oracles.sysfs_cache("tw_sock_TCP", texts, 4096)
 
 
 @pytest.mark.parametrize("order", ["64", "99999999999999999999", "9" * 4400, "²"])
