@@ -228,7 +228,7 @@ def fuzz_sysctl(data: bytes) -> None:
 def fuzz_mountinfo(data: bytes) -> None:
     for text in texts(data):
         for inode, mount in discovery.parse_mountinfo(text):
-            assert inode >= 0 and isinstance(mount, str)
+            assert 0 <= inode < 10**20 and isinstance(mount, str)  # at most 20 digits
         discovery.parse_ns_link(text)
 
 
