@@ -4,6 +4,7 @@ one poll's exposition, `timewait-exporter report` a diagnosis from two polls."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import re
@@ -102,6 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"threads that poll namespaces side by side (default {DEFAULTS.poll_workers})",
     )
     poll.add_argument(
+        "--metrics.detail",
+        dest="detail",
+        choices=("compact", "full"),
+        default=DEFAULTS.detail,
+        help="compact (default): a quiet namespace shows only the series alerts read, the "
+        'rest summed into netns="" rows, and a notable one everything; full: every series '
+        "of every namespace",
+    )
+    poll.add_argument(
+        "--metrics.detail-hold",
+        dest="detail_hold",
+        type=float,
+        default=DEFAULTS.detail_hold,
+        help="seconds a namespace stays in full detail after it was last notable "
+        f"(default {DEFAULTS.detail_hold:g})",
+    )
+    poll.add_argument(
         "--netns",
         dest="netns",
         default=NETNS_ALL,
@@ -195,6 +213,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         netns_name=args.netns_name,
         collectors=frozenset(s for s in COLLECTORS if getattr(args, f"collector_{s}")),
         options=option_values([*SOURCES, *FEEDS], args),
+        detail=args.detail,
+        detail_hold=args.detail_hold,
         poll_interval=args.poll_interval,
         poll_workers=args.poll_workers,
         listen_address=args.listen_address,
@@ -209,7 +229,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def dump(config: Config) -> int:
-    """One poll, exposition on stdout. Exit 1 only when no source at all could be read."""
+    """One poll, exposition on stdout, every series of every namespace (full detail).
+    Exit 1 only when no source at all could be read."""
+    config = dataclasses.replace(config, detail="full")
     poller = Poller(config)
     snapshot = poller.poll_once()
     poller.close()
@@ -308,6 +330,8 @@ def startup_problem(config: Config) -> str:
     """What makes the flags unusable, checked before anything starts ("" when fine)."""
     if not math.isfinite(config.poll_interval) or config.poll_interval <= 0:
         return "--poll.interval must be a positive number of seconds"
+    if not math.isfinite(config.detail_hold) or config.detail_hold < 0:
+        return "--metrics.detail-hold must be a number of seconds, 0 or more"
     if config.max_requests < 1:
         return "--web.max-requests must be at least 1"
     for flag, seconds in (

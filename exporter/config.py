@@ -24,6 +24,10 @@ class Config:
     # Values of the options sources and feeds declare, by flag; a missing one is its
     # Option's default.
     options: Mapping[str, object] = field(default_factory=dict)
+    # compact: quiet namespaces show only what alerts read, the rest summed into netns=""
+    # rows (exporter/engine/detail.py); full: every series of every namespace.
+    detail: str = "compact"
+    detail_hold: float = 900.0  # seconds a notable namespace stays in full detail
     poll_interval: float = 15.0
     poll_workers: int = 2
     listen_address: str = ":9961"

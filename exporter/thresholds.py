@@ -40,13 +40,19 @@ class Thresholds:
     # / 60 s, TIME-WAIT's length). Alert TcpConnectionRateNearSustainable; dashboards:
     # orange (red at 1.0, where the ports run out).
     rate_warning: float = 0.8
+    # With --metrics.detail=compact, a namespace is shown in full once a bucket or its
+    # ephemeral range reaches this share of capacity, or its TIME-WAIT sockets this share
+    # of tcp_max_tw_buckets (exporter/engine/detail.py): well below the warnings above, so
+    # every series an alert or a dashboard needs is there before it fires.
+    detail_ratio: float = 0.5
     # Poll intervals (a count, not a ratio): the exporter is stale once its last complete
     # poll is this many --poll.interval old. /readyz fails (exporter/daemon.py); alert
     # TimewaitExporterStale.
     stale_intervals: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("port_warning", "port_critical", "timewait_buckets_warning", "rate_warning"):
+        names = ("port_warning", "port_critical", "timewait_buckets_warning", "rate_warning")
+        for name in (*names, "detail_ratio"):
             value = getattr(self, name)
             if not 0 < value <= 1:
                 raise ValueError(f"Thresholds.{name} is a ratio in (0, 1], got {value!r}")

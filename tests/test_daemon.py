@@ -172,6 +172,7 @@ def test_permission_denied_on_a_source_fails_only_that_source(kernel: None) -> N
     root-only, so slab fails (one line, success 0) and every other source serves."""
     with running(
         "--poll.interval=60",
+        "--metrics.detail=full",
         prefix=(
             "setpriv",
             "--reuid=65534",

@@ -75,7 +75,7 @@ def render(snapshot: Snapshot, config: Config) -> Iterator[Metric]:
     feeds = {result.feed: result.data for result in snapshot.feeds}
     for feed in FEEDS:
         if feed.name in feeds:
-            yield from feed.render(feeds[feed.name], config)
+            yield from feed.render(feeds[feed.name], config, snapshot.detail)
     for scope in (Scope.NETNS, Scope.HOST):
         for source in SOURCES:
             if source.scope is scope:
@@ -87,7 +87,7 @@ def render(snapshot: Snapshot, config: Config) -> Iterator[Metric]:
                     and r.ok
                 ]
                 if rows:
-                    yield from source.render(rows, config)
+                    yield from source.render(rows, config, snapshot.detail)
 
 
 def _self_metrics(snapshot: Snapshot) -> Iterator[Metric]:
@@ -104,7 +104,8 @@ def _self_metrics(snapshot: Snapshot) -> Iterator[Metric]:
         labels=["netns", "source"],
     )
     for result in snapshot.results:
-        success.add_metric([result.netns, result.source], 1 if result.ok else 0)
+        if result.netns == HOST or snapshot.detail.shows(result.netns):
+            success.add_metric([result.netns, result.source], 1 if result.ok else 0)
         if result.netns == HOST:
             duration.add_metric([result.netns, result.source], result.duration_seconds)
     yield success
@@ -148,15 +149,26 @@ def _namespaces(snapshot: Snapshot) -> Iterator[Metric]:
         labels=["netns"],
     )
     outcomes: Counter[str] = Counter()
+    detail = snapshot.detail
     for ns in snapshot.namespaces:
         info.add_metric([ns.label, ns.k8s_namespace, ns.k8s_pod_name, ns.k8s_pod_uid], 1)
         outcomes[ns.outcome] += 1
         if ns.read_at is not None:
-            age.add_metric([ns.label], max(0.0, snapshot.started_at - ns.read_at))
-            took.add_metric([ns.label], ns.duration_seconds)
+            behind = max(0.0, snapshot.started_at - ns.read_at)
+            if behind > 0 or detail.shows(ns.label):
+                age.add_metric([ns.label], behind)
+            if detail.shows(ns.label):
+                took.add_metric([ns.label], ns.duration_seconds)
     yield info
     yield age
     yield took
+    if not detail.full:
+        yield GaugeMetricFamily(
+            "tcptw_netns_detailed",
+            "Namespaces shown in full in the last poll (--metrics.detail=compact: those "
+            "notable within --metrics.detail-hold); the others show only what alerts read",
+            value=len(detail.detailed),
+        )
     count = GaugeMetricFamily(
         "tcptw_poll_namespaces",
         "Namespaces in the last poll by outcome: " + ", ".join(text for _, text in OUTCOMES),

@@ -38,6 +38,7 @@ from typing import Any
 import structlog
 
 from exporter.config import Config
+from exporter.engine.detail import DetailTracker
 from exporter.engine.registry import SOURCES
 from exporter.engine.snapshot import HOST, FeedResult, NamespaceInfo, Snapshot, SourceResult
 from exporter.engine.states import SourceStates, describe
@@ -74,6 +75,7 @@ class Poller:
         self._wanted = wanted(self._netns, self._feeds)
         self._states = SourceStates()
         self._tracker = Tracker(config)
+        self._detail = DetailTracker(config, enabled)
         # State per worker slot (receive buffers), made when a slot first needs it.
         self._worker: list[dict[object, object]] = [{} for _ in range(config.poll_workers)]
 
@@ -129,6 +131,7 @@ class Poller:
             results.append(
                 self._run(HOST, source, functools.partial(source.read_host, self.config))
             )
+        detail = self._detail.view(results, [ns.label for ns in namespaces])
         duration = time.perf_counter() - start
         outcomes = Counter(ns.outcome for ns in namespaces)
         log.debug(
@@ -142,7 +145,8 @@ class Poller:
             started_at=started_at,
             duration_seconds=duration,
             namespaces=tuple(namespaces),
-            feeds=tuple(FeedResult(f.name, s.result()) for f, s in self.sessions.items()),
+            feeds=tuple(FeedResult(f.name, s.result(detail)) for f, s in self.sessions.items()),
+            detail=detail,
         )
 
     def close(self) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from exporter.sources.declare import FULL, DetailView
+
 HOST = ""  # the `netns` of host-wide results (slab, sockstat's global counters)
 
 
@@ -46,3 +48,4 @@ class Snapshot:
     namespaces: tuple[NamespaceInfo, ...] = ()
     poll_overruns: int = 0
     feeds: tuple[FeedResult, ...] = ()  # the running feeds' readings (none for dump)
+    detail: DetailView = FULL  # which namespaces are shown in full (engine/detail.py)

@@ -13,7 +13,7 @@ from exporter.config import Config
 from exporter.events.socket import EventListener
 from exporter.events.table import EventsSnapshot, EventTable
 from exporter.sources import SourceError
-from exporter.sources.declare import Feed, NetnsPoll, Opener, Option
+from exporter.sources.declare import DetailView, Feed, NetnsPoll, Opener, Option
 from exporter.sources.sockdiag import source as sockdiag
 from exporter.sources.sockdiag.source import INBOUND_LABELS, OUTBOUND_LABELS
 
@@ -54,8 +54,8 @@ class EventsSession:
     def forget(self, key: int | None) -> None:
         self.table.forget(key)
 
-    def result(self) -> EventsSnapshot:
-        return self.table.snapshot()
+    def result(self, detail: DetailView) -> EventsSnapshot:
+        return self.table.snapshot(detail)
 
     def close(self) -> None:
         self.table.close()
@@ -106,7 +106,7 @@ def render_events(events: EventsSnapshot) -> Iterator[Metric]:
     yield from (outbound, inbound, lost, up)
 
 
-def render(result: object, config: Config) -> Iterator[Metric]:
+def render(result: object, config: Config, detail: DetailView) -> Iterator[Metric]:
     return render_events(cast(EventsSnapshot, result))
 
 

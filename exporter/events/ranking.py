@@ -14,6 +14,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from exporter.sources.declare import FOLDED, FULL, DetailView
+
 IDLE_EVICT = 600.0  # seconds without a close before a bucket is forgotten
 MAX_BUCKETS = 10_000  # per namespace and direction
 RATE_TAU = 60.0  # seconds: the decay time of the rate that ranks the top K
@@ -47,6 +49,11 @@ class Direction:
     buckets: dict[bytes, Bucket] = field(default_factory=dict)
     other: int = 0  # increments of buckets while outside the top K (and untracked ones)
     uncounted: int = 0  # closes in no bucket's total: beyond MAX_BUCKETS, or forgotten idle
+    # Compact detail: the part of `other` already folded or exposed, and where the
+    # namespace's own other series started (it shows other - start).
+    accounted: int = 0
+    start: int = 0
+    shown: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +71,7 @@ class TopK:
     def __init__(self, top: int) -> None:
         self.top = top
         self.inside = 0  # buckets of this direction in the top K
+        self.folded = 0  # the quiet namespaces' other increments (compact detail)
 
     def add(self, direction: Direction, keys: list[bytes], counts: list[int], now: float) -> None:
         """Count closes per bucket key."""
@@ -76,8 +84,9 @@ class TopK:
                     direction.uncounted += count
                     continue
                 # A free place in the node's top K is taken at once, so a burst toward a
-                # new destination is counted in its own series.
-                inside = self.inside < self.top
+                # new destination is counted in its own series (not in a quiet namespace:
+                # compact detail keeps the top K for namespaces shown in full).
+                inside = direction.shown and self.inside < self.top
                 bucket = buckets[raw] = Bucket(now, inside)
                 self.inside += inside
             bucket.total += count
@@ -110,14 +119,27 @@ class TopK:
     def forget(self, direction: Direction) -> None:
         for bucket in direction.buckets.values():
             self.leave(direction, bucket)
+        if not direction.shown:  # what a quiet namespace counted since the last poll
+            self.folded += direction.other - direction.accounted
+            direction.accounted = direction.other
 
-    def rank(self, namespaces: Sequence[tuple[str, Direction]], now: float) -> list[Ranked]:
+    def rank(
+        self,
+        namespaces: Sequence[tuple[str, Direction]],
+        now: float,
+        detail: DetailView = FULL,
+    ) -> list[Ranked]:
         """Choose the top K by recent rate and expose the counters, atomically with the
         counting: a bucket entering the top K resumes its series at the value it had when
         it left (0 the first time), so every increment shows in exactly one series. Then
-        one `other` row per namespace."""
+        one `other` row per namespace shown in full, and (compact detail) one for the
+        quiet ones, labelled FOLDED."""
         ranked: list[tuple[float, bool, str, bytes, Bucket, Direction]] = []
         for label, direction in namespaces:
+            if not detail.shows(label):  # compact detail: a quiet namespace has no top K
+                for bucket in direction.buckets.values():
+                    self.leave(direction, bucket)
+                continue
             for raw, bucket in direction.buckets.items():
                 score = bucket.rate_score(now)
                 ranked.append((score, bucket.inside, label, raw, bucket, direction))
@@ -133,7 +155,17 @@ class TopK:
             value = bucket.base if bucket.exposed is None else bucket.shown
             bucket.exposed = value
             rows.append(Ranked(label, raw, value))
-        rows += (Ranked(label, None, direction.other) for label, direction in namespaces)
+        for label, direction in namespaces:
+            shown = detail.shows(label)
+            if not shown or not direction.shown:  # quiet, or shown in full from now on
+                self.folded += direction.other - direction.accounted
+                direction.start = direction.other
+            direction.accounted = direction.other
+            direction.shown = shown
+            if shown:
+                rows.append(Ranked(label, None, direction.other - direction.start))
+        if not detail.full:
+            rows.append(Ranked(FOLDED, None, self.folded))
         return rows
 
 

@@ -33,6 +33,7 @@ import structlog
 from exporter.events.ranking import Direction, TopK
 from exporter.events.reader import Reader
 from exporter.events.socket import OFFSETS, SLOT, EventListener
+from exporter.sources.declare import FULL, DetailView
 from exporter.sources.sockdiag.buckets import BucketOptions, Classifier
 from exporter.sources.sockdiag.capacity import OTHER
 from exporter.sources.sockdiag.codec import MIN_RECORD, SOCK_DIAG_BY_FAMILY, decode_at
@@ -64,6 +65,7 @@ class NamespaceEvents:
     lost: int = 0
     overruns: int = 0  # ENOBUFS seen
     counted: int = 0  # connections counted (both directions)
+    lost_shown: bool = False  # compact detail: its lost counter is exposed
     closed: bool = False
     failed: str = ""
 
@@ -218,9 +220,12 @@ class EventTable:
 
     # -- the snapshot --------------------------------------------------------------------
 
-    def snapshot(self) -> EventsSnapshot:
+    def snapshot(self, detail: DetailView = FULL) -> EventsSnapshot:
         """The node-wide top K of each direction by recent rate, then each namespace's
-        other (ranking.TopK.rank), atomically with the counting."""
+        other (ranking.TopK.rank), atomically with the counting. With compact detail, a
+        quiet namespace's other is folded, its lost events shown once there are any
+        (first at 0, so that increase() counts them), and its listener's state only
+        when it is down."""
         with self.lock:
             now = time.monotonic()
             namespaces = sorted(self._namespaces.values(), key=lambda ns: ns.label)
@@ -233,19 +238,27 @@ class EventTable:
                 for _, direction in directions:
                     top.evict_idle(direction, now)
                 out: list[EventRow] = []
-                for row in top.rank(directions, now):
+                for row in top.rank(directions, now, detail):
                     if row.key is None:
                         out.append(EventRow(row.label, OTHER, (OTHER, OTHER), row.value))
                         continue
                     local, second, third = self._labels(row.key, outbound)
                     out.append(EventRow(row.label, local, (second, third), row.value))
                 rows.append(tuple(out))
-            up = [(ns.label, 1) for ns in namespaces]
+            up = [(ns.label, 1) for ns in namespaces if detail.shows(ns.label)]
             up += [(label, 0) for label, _ in self._unavailable.values()]
+            lost: list[tuple[str, int]] = []
+            for ns in namespaces:
+                if ns.lost_shown or detail.shows(ns.label):
+                    lost.append((ns.label, ns.lost))
+                    ns.lost_shown = ns.lost_shown or ns.lost > 0  # a counter stays
+                elif ns.lost:
+                    lost.append((ns.label, 0))  # first at 0: increase() counts the loss
+                    ns.lost_shown = True
             return EventsSnapshot(
                 outbound=rows[0],
                 inbound=rows[1],
-                lost=tuple((ns.label, ns.lost) for ns in namespaces),
+                lost=tuple(lost),
                 up=tuple(sorted(up)),
                 counted=tuple((ns.label, ns.counted) for ns in namespaces),
             )

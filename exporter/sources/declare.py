@@ -18,7 +18,7 @@ needs another declares it in `requires`; the engine opens the files of both.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -41,6 +41,55 @@ LAST_POLL = " (value from the last poll)"
 def netns_gauge(name: str, text: str) -> GaugeMetricFamily:
     """A gauge with only the netns label; HELP says the value is from the last poll."""
     return GaugeMetricFamily(name, text + LAST_POLL, labels=["netns"])
+
+
+@dataclass(frozen=True)
+class DetailView:
+    """Which namespaces this poll shows in full (exporter/engine/detail.py has the rule).
+
+    full: --metrics.detail=full, every namespace in full. Otherwise (compact) the quiet
+    namespaces show only the series alerts need, the rest summed into rows labelled
+    netns="" (gauges summed; counters as the increments the exporter saw while they were
+    quiet), so that sums over every series stay exact.
+    """
+
+    full: bool = True
+    detailed: frozenset[str] = frozenset()  # compact: the namespaces shown in full
+    # Shown in full since this poll: their counters are first exposed at the previous
+    # poll's values, so that increase() counts the move that made them notable.
+    entering: frozenset[str] = frozenset()
+    previous: Mapping[tuple[str, str], object] = field(default_factory=dict)  # (source, netns)
+    # (source, field) → increments of that counter in quiet namespaces, since start.
+    folds: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    reasons: Mapping[str, str] = field(default_factory=dict)  # netns → why in full
+
+    def shows(self, netns: str) -> bool:
+        return self.full or netns in self.detailed
+
+    def counter(self, source: str, netns: str, name: str, value: int) -> int:
+        """The value to expose for a counter of a namespace shown in full."""
+        if netns in self.entering:
+            before = self.previous.get((source, netns))
+            if isinstance(before, Mapping) and name in before:
+                return int(before[name])
+        return value
+
+    def fold(self, source: str, name: str) -> int:
+        return self.folds.get((source, name), 0)
+
+
+FULL = DetailView()
+FOLDED = ""  # the netns label of the rows that sum the quiet namespaces
+
+
+@dataclass(frozen=True)
+class Notable(Generic[T]):
+    """What a source's `notable` sees of one namespace."""
+
+    data: T
+    previous: T | None  # its reading in the previous poll
+    results: Mapping[str, object]  # the namespace's other sources' readings, by name
+    peers: object  # what the source's `peers` made of every namespace's reading
 
 
 class Scope(Enum):
@@ -175,7 +224,7 @@ class Source(Generic[T]):
     name: str
     help: str
     scope: Scope
-    render: Callable[[Rows[T], Config], Iterable[Metric]]
+    render: Callable[[Rows[T], Config, DetailView], Iterable[Metric]]
     read_netns: Callable[[NetnsPoll], T] = field(default=lambda poll: _no_reader())
     read_host: Callable[[Config], T] = field(default=lambda config: _no_reader())
     net_files: tuple[str, ...] = ()  # /proc/thread-self/net/<name>, opened in each namespace
@@ -186,6 +235,11 @@ class Source(Generic[T]):
     # What reading a namespace came to (tcptw_poll_namespaces' outcome); None: "read".
     outcome: Callable[[T], str] | None = None
     outcomes: tuple[tuple[str, str], ...] = ()  # (outcome, what it means), for HELP
+    # Why a namespace must be shown in full ("" when quiet): the compact detail rule.
+    notable: Callable[[Notable[T]], str] | None = None
+    peers: Callable[[Sequence[T]], object] | None = None  # once per poll, for notable
+    # The counters of a reading, by name: folded for quiet namespaces (DetailView.folds).
+    counters: Callable[[T], Mapping[str, int]] | None = None
 
 
 def _no_reader() -> Any:
@@ -202,7 +256,7 @@ class FeedSession(Protocol):
     def forget(self, key: int | None) -> None:
         """Before the namespace's handles close."""
 
-    def result(self) -> object:
+    def result(self, detail: DetailView) -> object:
         """The feed's immutable reading for this poll's snapshot."""
 
     def close(self) -> None: ...
@@ -215,7 +269,7 @@ class Feed:
     name: str
     enabled: Callable[[Config], bool]
     start: Callable[[Config], FeedSession]
-    render: Callable[[object, Config], Iterable[Metric]]
+    render: Callable[[object, Config, DetailView], Iterable[Metric]]
     openers: tuple[Opener, ...] = ()
     options: tuple[Option[Any], ...] = ()
     requires: tuple[Source[Any], ...] = ()

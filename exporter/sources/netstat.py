@@ -16,7 +16,17 @@ from prometheus_client.core import CounterMetricFamily, Metric
 
 from exporter.config import Config
 from exporter.sources import NetnsFiles, SourceError
-from exporter.sources.declare import LAST_POLL, NetnsPoll, Option, Rows, Scope, Source
+from exporter.sources.declare import (
+    FOLDED,
+    LAST_POLL,
+    DetailView,
+    NetnsPoll,
+    Notable,
+    Option,
+    Rows,
+    Scope,
+    Source,
+)
 
 # The counters TIME-WAIT handling moves; the rest of TcpExt is a flag away. Every one is a
 # series per namespace, so the default stays short.
@@ -86,9 +96,26 @@ def snake_case(name: str) -> str:
     return "_".join(words)
 
 
-def render_tcpext(rows: Rows[dict[str, int]], config: Config) -> Iterator[Metric]:
+NAME = "netstat"
+# Counters that move only when something goes wrong: one that moved makes its namespace
+# notable (shown in full, exporter/engine/detail.py). TW, TWRecycled, TWKilled and the
+# ACK-skipping ones move with ordinary traffic.
+PROBLEM_COUNTERS = (
+    "TCPTimeWaitOverflow",
+    "ListenOverflows",
+    "ListenDrops",
+    "PAWSPassive",
+    "PAWSActive",
+    "TSEcrRejected",
+)
+
+
+def render_tcpext(
+    rows: Rows[dict[str, int]], config: Config, detail: DetailView
+) -> Iterator[Metric]:
     families: dict[str, CounterMetricFamily] = {}
     for netns, counters in rows:
+        shown = detail.shows(netns)
         for name, value in counters.items():
             metric = families.get(name)
             if metric is None:
@@ -98,8 +125,21 @@ def render_tcpext(rows: Rows[dict[str, int]], config: Config) -> Iterator[Metric
                     labels=["netns"],
                 )
                 families[name] = metric
-            metric.add_metric([netns], value)
+            if shown:
+                metric.add_metric([netns], detail.counter(NAME, netns, name, value))
+    if not detail.full:
+        for name, metric in families.items():
+            metric.add_metric([FOLDED], detail.fold(NAME, name))
     yield from families.values()
+
+
+def problem_moved(seen: Notable[dict[str, int]]) -> str:
+    if seen.previous is None:
+        return ""
+    for name in PROBLEM_COUNTERS:
+        if seen.data.get(name, 0) > seen.previous.get(name, seen.data.get(name, 0)):
+            return f"TcpExt {name} moved"
+    return ""
 
 
 def _pattern(text: str) -> re.Pattern[str]:
@@ -122,11 +162,13 @@ def _read(poll: NetnsPoll) -> dict[str, int]:
 
 
 SOURCE = Source[dict[str, int]](
-    "netstat",
+    NAME,
     "TcpExt counters from /proc/net/netstat",
     Scope.NETNS,
     render_tcpext,
     read_netns=_read,
     net_files=("netstat",),
     options=(FIELDS,),
+    notable=problem_moved,
+    counters=dict,
 )

@@ -21,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from exporter.config import Config
 from exporter.sources import PAGE_SIZE, SourceError, read_text
-from exporter.sources.declare import LAST_POLL, Rows, Scope, Source
+from exporter.sources.declare import LAST_POLL, DetailView, Rows, Scope, Source
 from exporter.sources.netstat import is_counter
 
 CACHES = ("tw_sock_TCP", "tw_sock_TCPv6", "tcp_bind_bucket", "tcp_bind2_bucket")
@@ -138,7 +138,9 @@ def read_slab(procfs: Path, sysfs: Path, page_size: int) -> list[SlabCache]:
     return result
 
 
-def render_slab(rows: Rows[tuple[SlabCache, ...]], config: Config) -> Iterator[Metric]:
+def render_slab(
+    rows: Rows[tuple[SlabCache, ...]], config: Config, detail: DetailView
+) -> Iterator[Metric]:
     caches = rows[0][1] if rows else ()
     labels = ["cache", "merged", "shared_cache"]
     spec = [

@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from exporter.config import Config
 from exporter.sources import SourceError
-from exporter.sources.declare import LAST_POLL, NetnsPoll, Rows, Scope, Source
+from exporter.sources.declare import FOLDED, LAST_POLL, DetailView, NetnsPoll, Rows, Scope, Source
 from exporter.sources.netstat import parse_netstat
 
 # field → (metric name, is a counter, help)
@@ -67,25 +67,43 @@ def read_snmp(poll: NetnsPoll) -> dict[str, int]:
     return values
 
 
-def render_snmp(rows: Rows[dict[str, int]], config: Config) -> Iterator[Metric]:
+NAME = "snmp"
+
+
+def render_snmp(rows: Rows[dict[str, int]], config: Config, detail: DetailView) -> Iterator[Metric]:
     for field, (name, counter, text) in FIELDS.items():
         family: CounterMetricFamily | GaugeMetricFamily
         if counter:
             family = CounterMetricFamily(name, text + LAST_POLL, labels=["netns"])
         else:
             family = GaugeMetricFamily(name, text + LAST_POLL, labels=["netns"])
+        quiet = 0
         for netns, values in rows:
-            if field in values:
+            if field not in values:
+                continue
+            if not detail.shows(netns):
+                quiet += values[field]
+            elif counter:
+                family.add_metric([netns], detail.counter(NAME, netns, field, values[field]))
+            else:
                 family.add_metric([netns], values[field])
+        if not detail.full and any(field in values for _, values in rows):
+            # netns="": the quiet namespaces' increments (counters) or sum (CurrEstab).
+            family.add_metric([FOLDED], detail.fold(NAME, field) if counter else quiet)
         if family.samples:
             yield family
 
 
+def _counters(values: dict[str, int]) -> dict[str, int]:
+    return {name: value for name, value in values.items() if FIELDS[name][1]}
+
+
 SOURCE = Source[dict[str, int]](
-    "snmp",
+    NAME,
     "Tcp counters from /proc/net/snmp (active opens, attempt fails, resets, established)",
     Scope.NETNS,
     render_snmp,
     read_netns=read_snmp,
     net_files=("snmp",),
+    counters=_counters,
 )

@@ -19,8 +19,19 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from exporter.config import Config
 from exporter.sources import PAGE_SIZE, NetnsFiles, SourceError, read_text
-from exporter.sources.declare import LAST_POLL, NetnsPoll, Rows, Scope, Source, netns_gauge
+from exporter.sources.declare import (
+    FOLDED,
+    LAST_POLL,
+    DetailView,
+    NetnsPoll,
+    Notable,
+    Rows,
+    Scope,
+    Source,
+    netns_gauge,
+)
 from exporter.sources.netstat import is_counter
+from exporter.thresholds import DEFAULT
 
 TCP_FIELDS = ("inuse", "orphan", "tw", "alloc", "mem")
 HOST_FIELDS = ("orphan", "alloc", "mem")
@@ -75,32 +86,12 @@ HOST_SOCKSTAT_HELP = {
     "alloc": "Allocated TCP sockets of the node, TIME-WAIT excluded (/proc/net/sockstat alloc)",
 }
 
-SYSCTL_METRICS = {
-    "tcp_tw_reuse": ("tcp_tw_reuse", "net.ipv4.tcp_tw_reuse: 0 off, 1 on, 2 loopback only"),
-    "tcp_tw_reuse_delay": (
-        "tcp_tw_reuse_delay_seconds",
-        "net.ipv4.tcp_tw_reuse_delay: minimum TIME-WAIT age before reuse",
-    ),
-    "tcp_tw_recycle": ("tcp_tw_recycle", "net.ipv4.tcp_tw_recycle (kernels before 4.12 only)"),
-    "tcp_max_tw_buckets": (
-        "tcp_max_tw_buckets",
-        "net.ipv4.tcp_max_tw_buckets: TIME-WAIT sockets beyond this are destroyed at once",
-    ),
-    "tcp_timestamps": ("tcp_timestamps", "net.ipv4.tcp_timestamps (tcp_tw_reuse needs them)"),
-    "tcp_fin_timeout": ("tcp_fin_timeout_seconds", "net.ipv4.tcp_fin_timeout: FIN-WAIT-2 lifetime"),
-    "tcp_ehash_entries": (
-        "tcp_ehash_entries",
-        "net.ipv4.tcp_ehash_entries: established hash size; negative when shared with the host",
-    ),
-    "tcp_child_ehash_entries": (
-        "tcp_child_ehash_entries",
-        "net.ipv4.tcp_child_ehash_entries: established hash size of namespaces created from "
-        "this one; 0 means they share the host's, so each of their dumps walks the whole table",
-    ),
-}
 
-
-def render_sockstat(rows: Rows[SockstatCounts], config: Config) -> Iterator[Metric]:
+def render_sockstat(
+    rows: Rows[SockstatCounts], config: Config, detail: DetailView
+) -> Iterator[Metric]:
+    """tw in every namespace (an alert's input); inuse where shown in full, the quiet
+    namespaces' summed into netns=""."""
     if not rows:
         return
     inuse = netns_gauge(
@@ -110,14 +101,31 @@ def render_sockstat(rows: Rows[SockstatCounts], config: Config) -> Iterator[Metr
     tw = netns_gauge(
         "tcptw_sockstat_tcp_tw", "TCP sockets in TIME-WAIT in the namespace (/proc/net/sockstat tw)"
     )
+    quiet = 0
     for netns, counts in rows:
-        inuse.add_metric([netns], counts.inuse)
+        if detail.shows(netns):
+            inuse.add_metric([netns], counts.inuse)
+        else:
+            quiet += counts.inuse
         tw.add_metric([netns], counts.tw)
+    if not detail.full:
+        inuse.add_metric([FOLDED], quiet)
     yield inuse
     yield tw
 
 
-def render_sockstat_host(rows: Rows[dict[str, int]], config: Config) -> Iterator[Metric]:
+def near_max_tw_buckets(seen: Notable[SockstatCounts]) -> str:
+    """TIME-WAIT sockets at Thresholds.detail_ratio of tcp_max_tw_buckets."""
+    sysctls = seen.results.get("sysctl")
+    limit = getattr(sysctls, "values", {}).get("tcp_max_tw_buckets")
+    if not limit or seen.data.tw < DEFAULT.detail_ratio * limit:
+        return ""
+    return f"{seen.data.tw} TIME-WAIT sockets of tcp_max_tw_buckets {limit:g}"
+
+
+def render_sockstat_host(
+    rows: Rows[dict[str, int]], config: Config, detail: DetailView
+) -> Iterator[Metric]:
     """Global counters: one value for the node, no namespace label."""
     for _, fields in rows[:1]:
         yield from _host_families(fields)
@@ -149,7 +157,13 @@ HELP = (
     "once for the node)"
 )
 SOURCE = Source[SockstatCounts](
-    "sockstat", HELP, Scope.NETNS, render_sockstat, read_netns=_read, net_files=("sockstat",)
+    "sockstat",
+    HELP,
+    Scope.NETNS,
+    render_sockstat,
+    read_netns=_read,
+    net_files=("sockstat",),
+    notable=near_max_tw_buckets,
 )
 # The node-wide counters: the same --collector.sockstat flag and source label.
 HOST_SOURCE = Source[dict[str, int]](

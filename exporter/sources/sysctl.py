@@ -8,14 +8,23 @@ tcp_child_ehash_entries before 6.1) is absent from the result.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client.core import Metric
 
 from exporter.config import Config
 from exporter.sources import NetnsFiles, SourceError
-from exporter.sources.declare import NetnsPoll, Rows, Scope, Source, netns_gauge
+from exporter.sources.declare import (
+    DetailView,
+    NetnsPoll,
+    Notable,
+    Rows,
+    Scope,
+    Source,
+    netns_gauge,
+)
 
 # name → unit divisor (tcp_tw_reuse_delay is in milliseconds).
 INTEGER_SYSCTLS: dict[str, int] = {
@@ -129,7 +138,48 @@ SYSCTL_METRICS = {
 }
 
 
-def render_sysctls(rows: Rows[Sysctls], config: Config) -> Iterator[Metric]:
+# Shown for every namespace, quiet or not: the alerts read them per namespace.
+ALWAYS = ("tcp_tw_reuse", "tcp_max_tw_buckets")
+# Compared with most namespaces': one unlike theirs makes its namespace notable. (The
+# ehash sizes differ by design between the host and the namespaces that share its table.)
+COMPARED = (
+    "tcp_tw_reuse",
+    "tcp_tw_reuse_delay",
+    "tcp_tw_recycle",
+    "tcp_max_tw_buckets",
+    "tcp_timestamps",
+    "tcp_fin_timeout",
+)
+
+
+def _profile(data: Sysctls) -> dict[str, object]:
+    profile: dict[str, object] = {name: data.values.get(name) for name in COMPARED}
+    profile["ip_local_port_range"] = data.port_range
+    profile["ip_local_reserved_ports"] = data.reserved_ports
+    return profile
+
+
+def usual_values(readings: Sequence[Sysctls]) -> dict[str, object]:
+    """Per sysctl, the value most namespaces have (the first seen among equals)."""
+    counts: dict[str, Counter[object]] = {}
+    for data in readings:
+        for name, value in _profile(data).items():
+            counts.setdefault(name, Counter())[value] += 1
+    return {name: count.most_common(1)[0][0] for name, count in counts.items()}
+
+
+def unusual(seen: Notable[Sysctls]) -> str:
+    if seen.data.values.get("tcp_tw_recycle"):
+        return "tcp_tw_recycle is on"
+    usual = seen.peers if isinstance(seen.peers, dict) else {}
+    for name, value in _profile(seen.data).items():
+        if name in usual and value != usual[name]:
+            return f"{name} {value} unlike most namespaces' {usual[name]}"
+    return ""
+
+
+def render_sysctls(rows: Rows[Sysctls], config: Config, detail: DetailView) -> Iterator[Metric]:
+    """Every sysctl where shown in full; ALWAYS for the quiet namespaces too."""
     if not rows:
         return
     port_min = netns_gauge(
@@ -149,6 +199,11 @@ def render_sysctls(rows: Rows[Sysctls], config: Config) -> Iterator[Metric]:
         for name, (suffix, text) in SYSCTL_METRICS.items()
     }
     for netns, data in rows:
+        if not detail.shows(netns):
+            for name in ALWAYS:
+                if name in data.values:
+                    values[name].add_metric([netns], data.values[name])
+            continue
         if data.port_range is not None:
             port_min.add_metric([netns], data.port_range[0])
             port_max.add_metric([netns], data.port_range[1])
@@ -157,9 +212,7 @@ def render_sysctls(rows: Rows[Sysctls], config: Config) -> Iterator[Metric]:
             reserved.add_metric([netns], count)
         for name, value in data.values.items():
             values[name].add_metric([netns], value)
-    yield port_min
-    yield port_max
-    yield reserved
+    yield from (family for family in (port_min, port_max, reserved) if family.samples)
     yield from (family for family in values.values() if family.samples)
 
 
@@ -174,4 +227,6 @@ SOURCE = Source[Sysctls](
     render_sysctls,
     read_netns=_read,
     sysctl_files=SYSCTL_FILES,
+    notable=unusual,
+    peers=usual_values,
 )

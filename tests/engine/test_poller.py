@@ -108,7 +108,7 @@ def test_deleted_namespace_vanishes_and_new_one_appears(kernel: None) -> None:
     """Delete one namespace and create another between two polls: no crash and no error
     line, the first one's series are gone and its descriptors released, the new one is
     polled from the next poll on."""
-    poller = Poller(Config())
+    poller = Poller(Config(detail="full"))
     try:
         with new_netns() as first:
             first.listen("127.0.0.1", 8080)
@@ -140,7 +140,7 @@ def test_empty_and_listener_only_namespaces_are_exact(kernel: None) -> None:
         empty.sysctl("net.ipv4.ip_local_port_range", "40000 40099")
         listening.sysctl("net.ipv4.ip_local_port_range", "40000 40099")
         listening.listen("127.0.0.1", 40050)
-        poller = Poller(Config(netns=frozenset({empty.name, listening.name})))
+        poller = Poller(Config(netns=frozenset({empty.name, listening.name}), detail="full"))
         try:
             snapshot, text = poll_text(poller)
         finally:
@@ -261,7 +261,7 @@ def test_pods_are_named_from_real_cgroups_and_pod_log_dirs(kernel: None, tmp_pat
             inodes[layout] = Path(f"/proc/{process.pid}/ns/net").stat().st_ino
             stack.callback(process.wait)
             stack.callback(process.kill)
-        poller = Poller(Config(pod_logs=logs, collectors=frozenset({"sockstat"})))
+        poller = Poller(Config(pod_logs=logs, collectors=frozenset({"sockstat"}), detail="full"))
         try:
             snapshot, text = poll_text(poller)
         finally:
@@ -293,7 +293,7 @@ def test_budget_defers_fairly_and_keeps_the_last_figures(kernel: None) -> None:
         names = {a.name, b.name, c.name}
         for ns in (a, b, c):
             ns.listen("127.0.0.1", 8080)
-        poller = Poller(Config(netns=frozenset(names), poll_workers=1))
+        poller = Poller(Config(netns=frozenset(names), poll_workers=1, detail="full"))
         try:
             first = poller.poll_once(budget=0.0)
             assert {n.label: n.outcome for n in first.namespaces} == dict.fromkeys(names, "dumped")

@@ -119,7 +119,7 @@ def _connections(
 def test_exact_counts_per_bucket(netns: Netns) -> None:
     with (
         _listeners(netns) as listeners,
-        running(f"--netns={netns.name}", "--poll.interval=0.3") as daemon,
+        running(f"--netns={netns.name}", "--poll.interval=0.3", "--metrics.detail=full") as daemon,
     ):
         wait_until(lambda: ("lost",) in _counters(daemon, netns.name), what="events up")
         before = _counters(daemon, netns.name)
@@ -154,7 +154,7 @@ def test_top_k_keeps_every_close_in_exactly_one_series(netns: Netns) -> None:
     round: series leave the top K and come back. Following every exposition as
     Prometheus does, each series only grows, and the sum of every series' increase since
     its first sample, `other` included, is every close the kernel reported."""
-    config = Config(netns=frozenset({netns.name}), options={TOP.flag: 3})
+    config = Config(netns=frozenset({netns.name}), options={TOP.flag: 3}, detail="full")
     poller = Poller(config, feeds=FEEDS)
     session = poller.session(feed.FEED)
     assert isinstance(session, feed.EventsSession)
@@ -216,7 +216,7 @@ def test_events_lost_are_counted_and_the_daemon_keeps_serving(
     monkeypatch.setenv("TCPTW_EVENTS_RCVBUF", "1")  # the kernel's minimum, a few events
     with (
         _listeners(netns) as listeners,
-        running(f"--netns={netns.name}", "--poll.interval=0.3") as daemon,
+        running(f"--netns={netns.name}", "--poll.interval=0.3", "--metrics.detail=full") as daemon,
     ):
         wait_until(lambda: ("lost",) in _counters(daemon, netns.name), what="events up")
         # Stop the daemon while the burst is made, so that its listener cannot drain.
@@ -251,7 +251,7 @@ def _socket_inodes(pid: int) -> set[int]:
 
 
 def test_vanished_namespace_closes_its_listener(netns: Netns) -> None:
-    with running(f"--netns={netns.name}", "--poll.interval=0.2") as daemon:
+    with running(f"--netns={netns.name}", "--poll.interval=0.2", "--metrics.detail=full") as daemon:
         wait_until(lambda: ("lost",) in _counters(daemon, netns.name), what="events up")
         pid = daemon.proc.pid
         # The daemon's netlink sockets in that namespace: its diag socket and its events

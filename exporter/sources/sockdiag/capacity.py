@@ -98,6 +98,12 @@ class Folded:
     timewait: int = 0
     capacity: int = 0  # outbound: the sum of the folded buckets' capacities
 
+    def merge(self, other: Folded) -> Folded:
+        return Folded(
+            self.buckets + other.buckets, self.sockets + other.sockets,
+            self.timewait + other.timewait, self.capacity + other.capacity,
+        )  # fmt: skip
+
     def plus(self, sockets: int, timewait: int, capacity: int = 0) -> Folded:
         return Folded(
             self.buckets + 1, self.sockets + sockets, self.timewait + timewait,

@@ -8,6 +8,7 @@ rule, to whoever demands CLASSIFIER in a namespace (the destroy events)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -15,8 +16,11 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from exporter.config import Config
 from exporter.sources import SourceError, sockstat, sysctl
 from exporter.sources.declare import (
+    FOLDED,
     LAST_POLL,
+    DetailView,
     NetnsPoll,
+    Notable,
     Opener,
     Option,
     Rows,
@@ -25,10 +29,19 @@ from exporter.sources.declare import (
     netns_gauge,
 )
 from exporter.sources.sockdiag.buckets import BucketOptions
-from exporter.sources.sockdiag.capacity import OTHER, PortPolicy, select_node_top
+from exporter.sources.sockdiag.capacity import (
+    OTHER,
+    Folded,
+    PortPolicy,
+    PortUsage,
+    select_node_top,
+)
 from exporter.sources.sockdiag.codec import DumpInterrupted
 from exporter.sources.sockdiag.dump import DiagSocket, new_buffers
 from exporter.sources.sockdiag.tally import SocketStats, collect_socket_stats, no_sockets
+from exporter.thresholds import DEFAULT as THRESHOLDS
+
+DETAIL_RATIO = THRESHOLDS.detail_ratio
 
 _DEFAULT = BucketOptions()
 
@@ -161,7 +174,8 @@ def outcome(stats: SocketStats) -> str:
     return "dumped" if stats.dumped else "skipped"
 
 
-def render_sockets(rows: Rows[SocketStats], config: Config) -> Iterator[Metric]:
+def render_sockets(rows: Rows[SocketStats], config: Config, detail: DetailView) -> Iterator[Metric]:
+    """Where shown in full; the quiet namespaces' summed into netns="" rows."""
     if not rows:
         return
     scopes = sorted({stats.scope for _, stats in rows if stats.scope})
@@ -171,48 +185,58 @@ def render_sockets(rows: Rows[SocketStats], config: Config) -> Iterator[Metric]:
         "TCP sockets by address family and state, from sock_diag" + scope + LAST_POLL,
         labels=["netns", "family", "state"],
     )
+    quiet: Counter[tuple[str, str]] = Counter()
     for netns, stats in rows:
+        if not detail.shows(netns):
+            quiet.update(stats.states)
+            continue
         for (fam, state), count in stats.states.items():
             family.add_metric([netns, fam, state], count)
+    if not detail.full:
+        for (fam, state), count in sorted(quiet.items()):
+            family.add_metric([FOLDED, fam, state], count)
     yield family
 
 
 OUTBOUND_LABELS = ["netns", "local_addr", "remote_addr", "remote_port"]
 INBOUND_LABELS = ["netns", "local_addr", "local_port", "remote_addr"]
-FOLDED = " Buckets beyond --buckets.top are summed into one series labelled other."
+BEYOND_TOP = " Buckets beyond --buckets.top are summed into one series labelled other."
 
 
-def render_ports(rows: Rows[SocketStats], config: Config) -> Iterator[Metric]:
+def render_ports(rows: Rows[SocketStats], config: Config, detail: DetailView) -> Iterator[Metric]:
+    """Top-K buckets of the whole node, and each namespace's other where shown in full
+    (the quiet namespaces' summed into netns=""); the alerts' per-namespace gauges in
+    every namespace."""
     usages = [(netns, stats.ports) for netns, stats in rows if stats.ports is not None]
     if not usages:
         return
     used = GaugeMetricFamily(
         "tcptw_outbound_ports_used",
         "Sockets of an outbound bucket (local addr, remote addr, remote port), any state: "
-        "each holds one local ephemeral port" + FOLDED + LAST_POLL,
+        "each holds one local ephemeral port" + BEYOND_TOP + LAST_POLL,
         labels=OUTBOUND_LABELS,
     )
     capacity = GaugeMetricFamily(
         "tcptw_outbound_ports_capacity",
         "Local ports connect() may use for an outbound bucket: ip_local_port_range minus "
-        "reserved ports minus ports held by listeners" + FOLDED + LAST_POLL,
+        "reserved ports minus ports held by listeners" + BEYOND_TOP + LAST_POLL,
         labels=OUTBOUND_LABELS,
     )
     out_tw = GaugeMetricFamily(
         "tcptw_outbound_timewait_sockets",
-        "TIME-WAIT sockets of an outbound bucket" + FOLDED + LAST_POLL,
+        "TIME-WAIT sockets of an outbound bucket" + BEYOND_TOP + LAST_POLL,
         labels=OUTBOUND_LABELS,
     )
     inbound = GaugeMetricFamily(
         "tcptw_inbound_sockets",
         "Sockets of an inbound bucket (local addr, local port, remote addr), any state"
-        + FOLDED
+        + BEYOND_TOP
         + LAST_POLL,
         labels=INBOUND_LABELS,
     )
     in_tw = GaugeMetricFamily(
         "tcptw_inbound_timewait_sockets",
-        "TIME-WAIT sockets of an inbound bucket" + FOLDED + LAST_POLL,
+        "TIME-WAIT sockets of an inbound bucket" + BEYOND_TOP + LAST_POLL,
         labels=INBOUND_LABELS,
     )
     max_ratio = netns_gauge(
@@ -240,7 +264,14 @@ def render_ports(rows: Rows[SocketStats], config: Config) -> Iterator[Metric]:
         "(beyond the node-wide --buckets.top or under --buckets.min-sockets)" + LAST_POLL,
         labels=["direction"],
     )
-    node = select_node_top(usages, TOP.value(config))
+    # Compact detail: the top K come from the namespaces shown in full; the quiet ones'
+    # buckets are summed into one other series labelled netns="".
+    shown = [(netns, usage) for netns, usage in usages if detail.shows(netns)]
+    node = select_node_top(shown, TOP.value(config))
+    if not detail.full:
+        quiet = _fold_quiet(usages, detail)
+        node.outbound_other[FOLDED] = quiet["outbound"]
+        node.inbound_other[FOLDED] = quiet["inbound"]
     for netns, row in node.outbound:
         labels = [netns, row.local_addr, row.remote_addr, row.remote_port]
         used.add_metric(labels, row.sockets)
@@ -265,14 +296,45 @@ def render_ports(rows: Rows[SocketStats], config: Config) -> Iterator[Metric]:
         max_ratio.add_metric([netns], usage.max_ratio)
         in_use.add_metric([netns], usage.ephemeral_in_use)
         available.add_metric([netns], usage.ephemeral_available)
-        per_bucket.add_metric([netns], usage.capacity)
+        if detail.shows(netns):
+            per_bucket.add_metric([netns], usage.capacity)
     yield from (used, capacity, out_tw, inbound, in_tw, max_ratio, in_use, available, folded)
     yield per_bucket
 
 
-def render_sockdiag(rows: Rows[SocketStats], config: Config) -> Iterator[Metric]:
-    yield from render_sockets(rows, config)
-    yield from render_ports(rows, config)
+def _fold_quiet(usages: list[tuple[str, PortUsage]], detail: DetailView) -> dict[str, Folded]:
+    """Every bucket of the quiet namespaces, summed per direction into netns=""."""
+    outbound, inbound = Folded(), Folded()
+    for netns, usage in usages:
+        if detail.shows(netns):
+            continue
+        outbound = outbound.merge(usage.outbound_rest)
+        for row in usage.outbound:
+            outbound = outbound.plus(row.sockets, row.timewait, row.capacity)
+        inbound = inbound.merge(usage.inbound_rest)
+        for irow in usage.inbound:
+            inbound = inbound.plus(irow.sockets, irow.timewait)
+    return {"outbound": outbound, "inbound": inbound}
+
+
+def near_capacity(seen: Notable[SocketStats]) -> str:
+    """A bucket, or the ephemeral range, at Thresholds.detail_ratio of its capacity."""
+    ports = seen.data.ports
+    if ports is None:
+        return ""
+    if ports.max_ratio >= DETAIL_RATIO:
+        return f"an outbound bucket at {ports.max_ratio:.2f} of its capacity"
+    available = ports.ephemeral_available
+    if available and ports.ephemeral_in_use / available >= DETAIL_RATIO:
+        return f"{ports.ephemeral_in_use} of {available} ephemeral ports in use"
+    return ""
+
+
+def render_sockdiag(
+    rows: Rows[SocketStats], config: Config, detail: DetailView
+) -> Iterator[Metric]:
+    yield from render_sockets(rows, config, detail)
+    yield from render_ports(rows, config, detail)
 
 
 SOURCE: Source[SocketStats] = Source(
@@ -286,6 +348,7 @@ SOURCE: Source[SocketStats] = Source(
     options=(TOP, MIN_SOCKETS, IPV4_PREFIX, IPV6_PREFIX, INBOUND_PORTS),
     requires=(sysctl.SOURCE, sockstat.SOURCE),
     outcome=outcome,
+    notable=near_capacity,
     outcomes=(
         ("dumped", "dumped"),
         ("skipped", "skipped (sockstat showed no TCP socket, so no dump was needed)"),
