@@ -54,7 +54,7 @@ def main() -> None:
     collector = SnapshotCollector(config)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
-    pollers = {1: Poller(dataclasses.replace(config, poll_workers=1)), 2: Poller(config)}
+    pollers = {w: Poller(dataclasses.replace(config, poll_workers=w)) for w in (1, 2)}
     busy = sys.argv[1]  # the first namespace named holds the big load
     facts = {"series": 0, "namespaces": 0, "busy_timewait": 0}
 

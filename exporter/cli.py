@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="poll_workers",
         type=int,
         default=DEFAULTS.poll_workers,
-        help=f"threads that poll namespaces side by side (default {DEFAULTS.poll_workers})",
+        help="threads that poll namespaces side by side (default: 1 where most namespaces "
+        "share the host's established hash, 2 where they have their own)",
     )
     poll.add_argument(
         "--metrics.detail",
@@ -203,7 +204,7 @@ def netns_selection(text: str) -> str | frozenset[str]:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    if args.poll_workers < 1:
+    if args.poll_workers is not None and args.poll_workers < 1:
         raise ValueError("--poll.workers must be at least 1")
     return Config(
         procfs=Path(args.procfs),

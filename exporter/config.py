@@ -29,7 +29,10 @@ class Config:
     detail: str = "compact"
     detail_hold: float = 900.0  # seconds a notable namespace stays in full detail
     poll_interval: float = 15.0
-    poll_workers: int = 2
+    # Threads that poll namespaces side by side; None (auto): 1 where most namespaces
+    # share the host's established hash (every walker takes the same bucket locks, so a
+    # second one costs CPU and buys no time), 2 where they have their own.
+    poll_workers: int | None = None
     listen_address: str = ":9961"
     telemetry_path: str = "/metrics"
     web_config_file: Path | None = None  # exporter-toolkit web config (TLS, basic auth)

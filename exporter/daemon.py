@@ -216,7 +216,7 @@ async def _serve(
         basic_auth=bool(web_config.config.users),
         netns=config.netns if isinstance(config.netns, str) else sorted(config.netns),
         poll_interval=config.poll_interval,
-        poll_workers=config.poll_workers,
+        poll_workers=config.poll_workers or "auto",
         collectors=sorted(config.collectors) if config.collectors is not None else "all",
     )
     poll_task = asyncio.create_task(

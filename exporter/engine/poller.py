@@ -48,6 +48,8 @@ from exporter.sources.declare import Feed, FeedSession, NetnsPoll, Scope, Source
 
 log = structlog.get_logger("timewait_exporter.poller")
 
+MAX_WORKERS = 8
+
 
 @dataclass
 class _Work:
@@ -77,7 +79,18 @@ class Poller:
         self._tracker = Tracker(config)
         self._detail = DetailTracker(config, enabled)
         # State per worker slot (receive buffers), made when a slot first needs it.
-        self._worker: list[dict[object, object]] = [{} for _ in range(config.poll_workers)]
+        self._worker: list[dict[object, object]] = [{} for _ in range(MAX_WORKERS)]
+
+    def workers(self) -> int:
+        """--poll.workers, or (auto) 1 while most opened namespaces share the host's
+        established hash: a dump there walks the whole node's table under its bucket
+        locks, so a second walker contends for them and buys no wall time (measured in
+        benchmarks.node), and 2 where they have tables of their own."""
+        if self.config.poll_workers is not None:
+            return min(self.config.poll_workers, MAX_WORKERS)
+        contexts = [t.context for t in self._tracker.tracked.values() if t.context is not None]
+        own = sum(1 for context in contexts if not context.shares_host_hash)
+        return 2 if own > len(contexts) - own else 1
 
     def session(self, feed: Feed) -> FeedSession | None:
         """The running session of `feed` (None when it does not run)."""
@@ -95,7 +108,7 @@ class Poller:
             key=lambda t: (t.read_at is not None, -t.missed, -t.duration, t.label),
         )
         work = _Work(deque(order), started_at, None if budget is None else start + budget)
-        workers = min(self.config.poll_workers, len(order))
+        workers = min(self.workers(), len(order))
         if workers <= 1:
             self._work(work, 0)
         else:

@@ -52,6 +52,10 @@ class NetnsContext:
         self._sysctls: dict[str, int] | None = None
         self._handles: dict[Opener, Handle] = {}
         self.handle_errors: dict[Opener, str] = {}  # why an optional handle is missing
+        # Whether the namespace walks the host's established hash (net.ipv4.
+        # tcp_ehash_entries < 0 since Linux 6.1, net/ipv4/sysctl_net_ipv4.c
+        # proc_tcp_ehash_entries; before 6.1 every namespace does).
+        self.shares_host_hash = True
 
     # -- opening -------------------------------------------------------------------------
 
@@ -90,6 +94,7 @@ class NetnsContext:
                 except OSError as exc:
                     self._net_errors[name] = f"cannot open {net / name}: {exc.strerror}"
             self._sysctls = self._open_sysctls(wanted.sysctl_files)
+            self.shares_host_hash = self._read_shares_host_hash()
             for opener in wanted.openers:
                 try:
                     self._handles[opener] = opener.open(self.procfs)
@@ -114,6 +119,13 @@ class NetnsContext:
             except FileNotFoundError:
                 continue  # the kernel has no such sysctl: absent, not 0
         return fds
+
+    def _read_shares_host_hash(self) -> bool:
+        try:
+            with open(self.procfs / "sys" / "net" / "ipv4" / "tcp_ehash_entries", "rb") as f:
+                return int(f.read().strip() or b"-1") < 0
+        except (OSError, ValueError):
+            return True
 
     def reopen(self, opener: Opener) -> None:
         """A fresh handle, e.g. after a failed dump left a socket's stream out of step."""

@@ -382,3 +382,35 @@ def test_namespace_vanishing_between_discovery_and_open(kernel: None) -> None:
             assert [e for e in logs if e["log_level"] in ("error", "warning")] == []
         finally:
             poller.close()
+
+
+def test_auto_workers_follow_the_established_hash(kernel: None) -> None:
+    """Namespaces that share the host's established hash get one poll worker (a second
+    walker of the same table only contends for its locks); namespaces made while
+    net.ipv4.tcp_child_ehash_entries was set have their own tables and get two."""
+    child = Path("/proc/sys/net/ipv4/tcp_child_ehash_entries")
+    with new_netns() as shared_a, new_netns() as shared_b:
+        poller = Poller(Config(netns=frozenset({shared_a.name, shared_b.name})))
+        try:
+            poller.poll_once()
+            assert poller.workers() == 1
+        finally:
+            poller.close()
+    before = child.read_text()
+    try:
+        child.write_text("1024")
+        own_a = new_netns()
+        own_b = new_netns()
+        with own_a as a, own_b as b:
+            child.write_text(before)
+            with a.inside(), open("/proc/sys/net/ipv4/tcp_ehash_entries") as own:
+                assert int(own.read()) == 1024  # /proc/sys follows the calling thread
+            poller = Poller(Config(netns=frozenset({a.name, b.name})))
+            try:
+                assert poller.workers() == 1  # nothing opened yet: as if shared
+                poller.poll_once()
+                assert poller.workers() == 2
+            finally:
+                poller.close()
+    finally:
+        child.write_text(before)

@@ -11,7 +11,7 @@ from exporter.engine import collector, poller
 from exporter.engine.collector import render
 from exporter.engine.poller import Poller
 from exporter.engine.registry import COLLECTORS, FEEDS, SOURCES
-from exporter.sources.declare import NetnsPoll, Rows, Scope, Source
+from exporter.sources.declare import FULL, DetailView, NetnsPoll, Rows, Scope, Source
 from exporter.sources.netstat import parse_netstat
 from tests.conftest import TREES
 
@@ -33,7 +33,7 @@ def _read_udp(poll: NetnsPoll) -> dict[str, int]:
     return parse_netstat(poll.files.read_net("snmp"), "Udp")
 
 
-def _render_udp(rows: Rows[dict[str, int]], config: Config) -> Iterator[Metric]:
+def _render_udp(rows: Rows[dict[str, int]], config: Config, detail: DetailView) -> Iterator[Metric]:
     family = GaugeMetricFamily("test_udp_in_datagrams", "Udp InDatagrams", labels=["netns"])
     for netns, values in rows:
         family.add_metric([netns], values["InDatagrams"])
@@ -56,6 +56,6 @@ def test_a_new_source_needs_only_its_declaration() -> None:
     assert result.ok and result.source == "udp"
     recorded = parse_netstat((TREES / "linux-6.18/proc/net/snmp").read_text(), "Udp")
     assert result.data == recorded
-    families = {m.name: m for m in udp.render([(result.netns, result.data)], config)}
+    families = {m.name: m for m in udp.render([(result.netns, result.data)], config, FULL)}
     assert families["test_udp_in_datagrams"].samples[0].value == recorded["InDatagrams"]
     assert "test_udp_in_datagrams" not in {m.name for m in render(snapshot, config)}
