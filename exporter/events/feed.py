@@ -103,7 +103,19 @@ def render_events(events: EventsSnapshot) -> Iterator[Metric]:
     )
     for netns, value in events.up:
         up.add_metric([netns], value)
-    yield from (outbound, inbound, lost, up)
+    failures = CounterMetricFamily(
+        "tcptw_connect_failures",
+        "connect() calls that failed before sending their SYN, per namespace and destination "
+        "address (the destination port is lost), from the kernel's socket-destroy events: "
+        'error="eaddrnotavail", no local port free toward that destination. Counted when the '
+        "application closes the failed socket. The node-wide --buckets.top destinations by "
+        "recent rate have series of their own; each namespace's other series, present once it "
+        "has any, counts the rest, so sum(increase()) over every series is every failure",
+        labels=["netns", "remote_addr", "error"],
+    )
+    for failure in events.failures:
+        failures.add_metric([failure.netns, failure.remote_addr, failure.error], failure.value)
+    yield from (outbound, inbound, lost, up, failures)
 
 
 def render(result: object, config: Config, detail: DetailView) -> Iterator[Metric]:

@@ -54,6 +54,7 @@ class Direction:
     accounted: int = 0
     start: int = 0
     shown: bool = True
+    other_seen: bool = False  # sparse others: exposed once non-zero (first at 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,12 +129,14 @@ class TopK:
         namespaces: Sequence[tuple[str, Direction]],
         now: float,
         detail: DetailView = FULL,
+        sparse_other: bool = False,
     ) -> list[Ranked]:
         """Choose the top K by recent rate and expose the counters, atomically with the
         counting: a bucket entering the top K resumes its series at the value it had when
         it left (0 the first time), so every increment shows in exactly one series. Then
         one `other` row per namespace shown in full, and (compact detail) one for the
-        quiet ones, labelled FOLDED."""
+        quiet ones, labelled FOLDED. sparse_other: a namespace's other row only once it
+        is non-zero, first at 0 (so that increase() counts what made it appear)."""
         ranked: list[tuple[float, bool, str, bytes, Bucket, Direction]] = []
         for label, direction in namespaces:
             if not detail.shows(label):  # compact detail: a quiet namespace has no top K
@@ -162,8 +165,14 @@ class TopK:
                 direction.start = direction.other
             direction.accounted = direction.other
             direction.shown = shown
-            if shown:
-                rows.append(Ranked(label, None, direction.other - direction.start))
+            if not shown:
+                continue
+            if sparse_other and not direction.other_seen:
+                if direction.other > direction.start:
+                    rows.append(Ranked(label, None, 0))
+                    direction.other_seen = True
+                continue
+            rows.append(Ranked(label, None, direction.other - direction.start))
         if not detail.full:
             rows.append(Ranked(FOLDED, None, self.folded))
         return rows

@@ -23,23 +23,27 @@ Counters under bounded cardinality: ranking.py. The listener and lost events: so
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 import structlog
 
+from exporter.events import failures
 from exporter.events.ranking import Direction, TopK
 from exporter.events.reader import Reader
 from exporter.events.socket import OFFSETS, SLOT, EventListener
 from exporter.sources.declare import FULL, DetailView
 from exporter.sources.sockdiag.buckets import BucketOptions, Classifier
 from exporter.sources.sockdiag.capacity import OTHER
-from exporter.sources.sockdiag.codec import MIN_RECORD, SOCK_DIAG_BY_FAMILY, decode_at
+from exporter.sources.sockdiag.codec import MIN_RECORD, SOCK_DIAG_BY_FAMILY, Batch, decode_at
 from exporter.sources.sockdiag.keys import (
     as_keys,
     canonical,
+    is_mapped,
     key_labels,
     key_rows,
     prefix_mask,
@@ -62,6 +66,7 @@ class NamespaceEvents:
     classifier: Classifier
     outbound: Direction = field(default_factory=lambda: Direction(True))
     inbound: Direction = field(default_factory=lambda: Direction(False))
+    failures: Direction = field(default_factory=lambda: Direction(True))  # per remote addr
     lost: int = 0
     overruns: int = 0  # ENOBUFS seen
     counted: int = 0  # connections counted (both directions)
@@ -96,6 +101,14 @@ class OutboundTotals:
 
 
 @dataclass(frozen=True, slots=True)
+class FailureRow:
+    netns: str
+    remote_addr: str
+    error: str
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
 class EventsSnapshot:
     outbound: tuple[EventRow, ...]  # node-wide top K, then one `other` row per namespace
     inbound: tuple[EventRow, ...]
@@ -103,6 +116,9 @@ class EventsSnapshot:
     up: tuple[tuple[str, int], ...]  # (netns, 1 listening / 0 unavailable)
     # (netns, connections counted both directions): for `report`.
     counted: tuple[tuple[str, int], ...] = ()
+    # connect() failures per destination address: node-wide top K, then each namespace's
+    # other once it has any (failures.py).
+    failures: tuple[FailureRow, ...] = ()
 
 
 class EventTable:
@@ -117,6 +133,7 @@ class EventTable:
         self._mask6 = prefix_mask(options.ipv6_prefix, 16)
         top = options.top if top is None else top
         self._top = {True: TopK(top), False: TopK(top)}  # per direction (outbound?)
+        self._failures = TopK(top)
         self._reader = Reader(self)
 
     # -- from the poller -----------------------------------------------------------------
@@ -169,6 +186,7 @@ class EventTable:
         ns.closed = True
         self._top[True].forget(ns.outbound)
         self._top[False].forget(ns.inbound)
+        self._failures.forget(ns.failures)
         with contextlib.suppress(KeyError, ValueError, OSError):
             self._reader.unregister(ns)
 
@@ -195,7 +213,9 @@ class EventTable:
         nl_type = words[(offsets >> 2) + 1] & 0xFFFF
         good = (lengths >= MIN_RECORD) & (nl_len >= MIN_RECORD) & (nl_len <= lengths)
         good &= nl_type == SOCK_DIAG_BY_FAMILY
-        batch = decode_at(buf, n * SLOT, offsets[good])
+        starts = offsets[good]
+        batch = decode_at(buf, n * SLOT, starts)
+        self._count_failures(ns, buf, batch, starts, nl_len[good])
         connected = batch.dport != 0
         if not connected.any():
             return
@@ -218,6 +238,38 @@ class EventTable:
                 keys, counts = np.unique(as_keys(rows[mask]), return_counts=True)
                 self._top[direction.outbound].add(direction, keys.tolist(), counts.tolist(), now)
 
+    def _count_failures(
+        self,
+        ns: NamespaceEvents,
+        buf: memoryview,
+        batch: Batch,
+        starts: npt.NDArray[np.int64],
+        lengths: npt.NDArray[np.uint32],
+    ) -> None:
+        """connect()s that failed with EADDRNOTAVAIL, per destination address."""
+        maybe = failures.candidates(batch)
+        if not maybe.any():
+            return
+        rows = np.flatnonzero(maybe)
+        failed = rows[failures.failed_before_syn(buf, starts[rows], lengths[rows])]
+        if not failed.size:
+            return
+        picked = select(batch, np.isin(np.arange(len(batch)), failed))
+        # The destination decides the family: an IPv4-mapped one is IPv4 (its local
+        # address is :: when the socket was not bound).
+        v4 = (picked.family == socket.AF_INET) | is_mapped(picked.dst)
+        remote4 = np.where(picked.family == socket.AF_INET, picked.dst[:, 0], picked.dst[:, 3])
+        keys = key_rows(len(picked))
+        zero = np.zeros(int(v4.sum()), dtype=np.uint32)
+        if v4.any():
+            put_v4(keys, v4, zero, remote4[v4], self._mask4)
+        if (~v4).any():
+            six = ~v4
+            put_v6(keys, six, np.zeros_like(picked.dst[six]), picked.dst[six], self._mask6)
+            keys[six, 34] = 1
+        unique, counts = np.unique(as_keys(keys), return_counts=True)
+        self._failures.add(ns.failures, unique.tolist(), counts.tolist(), time.monotonic())
+
     # -- the snapshot --------------------------------------------------------------------
 
     def snapshot(self, detail: DetailView = FULL) -> EventsSnapshot:
@@ -229,6 +281,7 @@ class EventTable:
         with self.lock:
             now = time.monotonic()
             namespaces = sorted(self._namespaces.values(), key=lambda ns: ns.label)
+            failing = [(ns.label, ns.failures) for ns in namespaces]
             rows: list[tuple[EventRow, ...]] = []
             for outbound in (True, False):
                 top = self._top[outbound]
@@ -245,6 +298,12 @@ class EventTable:
                     local, second, third = self._labels(row.key, outbound)
                     out.append(EventRow(row.label, local, (second, third), row.value))
                 rows.append(tuple(out))
+            for _, direction in failing:
+                self._failures.evict_idle(direction, now)
+            failed: list[FailureRow] = []
+            for row in self._failures.rank(failing, now, sparse_other=True):
+                remote = OTHER if row.key is None else self._labels(row.key, True)[1]
+                failed.append(FailureRow(row.label, remote, failures.EADDRNOTAVAIL, row.value))
             up = [(ns.label, 1) for ns in namespaces if detail.shows(ns.label)]
             up += [(label, 0) for label, _ in self._unavailable.values()]
             lost: list[tuple[str, int]] = []
@@ -261,6 +320,7 @@ class EventTable:
                 lost=tuple(lost),
                 up=tuple(sorted(up)),
                 counted=tuple((ns.label, ns.counted) for ns in namespaces),
+                failures=tuple(failed),
             )
 
     def _labels(self, key: bytes, outbound: bool) -> tuple[str, str, str]:
