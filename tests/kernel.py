@@ -6,6 +6,7 @@ Everything here talks to loopback inside namespaces the tests create, with bound
 from __future__ import annotations
 
 import errno
+import io
 import itertools
 import os
 import select
@@ -16,7 +17,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,20 @@ from exporter.sources.sockdiag.source import DIAG
 from exporter.sources.sockdiag.tally import SocketStats, collect_socket_stats
 
 _names = itertools.count()
+
+# How much slower than this machine the tests run: scripts/test-kernels sets it inside
+# software-emulated guests (Python there is 20-40x slower), and every deadline here and in
+# tests/serving.py is multiplied by it. Tests wait on conditions; this only bounds them.
+SLOWDOWN = float(os.environ.get("TIMEWAIT_TEST_SLOWDOWN", "1"))
+# "1": Netns.exporter runs the CLI in this process, inside the namespace, instead of a cold
+# `python -m exporter` (whose imports take 10 s and more on an emulated guest).
+IN_PROCESS = os.environ.get("TIMEWAIT_TEST_IN_PROCESS") == "1"
+
+
+def scaled(seconds: float) -> float:
+    """A deadline stretched by SLOWDOWN."""
+    return seconds * SLOWDOWN
+
 
 SS_STATES = {
     "ESTAB": "established",
@@ -118,12 +133,32 @@ class Netns:
             capture_output=True,
             text=True,
             check=check,
-            timeout=timeout,
+            timeout=scaled(timeout),
         )
 
     def exporter(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """The exporter run inside this namespace, on this namespace alone (--netns=self)."""
-        return self.run(sys.executable, "-m", "exporter", *args, "--netns=self", check=check)
+        """The exporter run inside this namespace, on this namespace alone (--netns=self);
+        in this process when TIMEWAIT_TEST_IN_PROCESS=1 (threads it starts inherit the
+        namespace of the thread that starts them)."""
+        argv = [*args, "--netns=self"]
+        if not IN_PROCESS:
+            return self.run(sys.executable, "-m", "exporter", *argv, check=check)
+        from exporter.cli import main
+
+        out, err = io.BytesIO(), io.StringIO()
+        stdout = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
+        with self.inside(), redirect_stdout(stdout), redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as exc:  # argparse errors
+                code = exc.code if isinstance(exc.code, int) else 1
+            stdout.flush()
+        result = subprocess.CompletedProcess(
+            ["exporter", *argv], code, out.getvalue().decode(), err.getvalue()
+        )
+        if check:
+            result.check_returncode()
+        return result
 
     def ss_states(self, *flags: str) -> Counter[tuple[str, str]]:
         """(family, state) → count from `ss -tan` (-4 and -6 separately)."""
@@ -167,7 +202,7 @@ def ss_states(prefix: list[str], *flags: str) -> Counter[tuple[str, str]]:
             capture_output=True,
             text=True,
             check=True,
-            timeout=60,
+            timeout=scaled(60),
         ).stdout
         for line in out.splitlines():
             counts[(family, SS_STATES[line.split()[0]])] += 1
@@ -233,7 +268,8 @@ def connect(
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
+    """Poll `predicate` until it holds; fail after `timeout` seconds times SLOWDOWN."""
+    deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         if predicate():
             return
@@ -278,7 +314,7 @@ def server_closes_first(
 
 
 def _read_eof(sock: socket.socket) -> None:
-    ready, _, _ = select.select([sock], [], [], 5.0)
+    ready, _, _ = select.select([sock], [], [], scaled(5.0))
     if not ready:
         raise AssertionError("peer did not close within 5 s")
     sock.recv(16)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.conftest import tool
-from tests.kernel import wait_until
+from tests.kernel import scaled, wait_until
 
 HOST = "127.0.0.1"
 
@@ -68,9 +68,9 @@ class Daemon:
     def connection(self, timeout: float = 5) -> http.client.HTTPConnection:
         if self.context is not None:
             return http.client.HTTPSConnection(
-                HOST, self.port, timeout=timeout, context=self.context
+                HOST, self.port, timeout=scaled(timeout), context=self.context
             )
-        return http.client.HTTPConnection(HOST, self.port, timeout=timeout)
+        return http.client.HTTPConnection(HOST, self.port, timeout=scaled(timeout))
 
     def get(
         self,
@@ -131,7 +131,7 @@ def running(
     daemon = Daemon(proc, port, context)
     daemon.read_stderr()
     try:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + scaled(15)
         while True:
             if proc.poll() is not None:
                 daemon.drain()
@@ -142,7 +142,7 @@ def running(
             except (OSError, http.client.HTTPException):
                 pass
             if time.monotonic() > deadline:
-                raise AssertionError("daemon did not answer within 15 s")
+                raise AssertionError(f"daemon did not answer within {scaled(15):.0f} s")
             time.sleep(0.05)
         yield daemon
     finally:

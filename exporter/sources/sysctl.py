@@ -2,7 +2,7 @@
 
 All of these are per network namespace (net/ipv4/sysctl_net_ipv4.c, ipv4_net_table), so
 they are read by a thread that has entered the namespace. A sysctl the kernel lacks
-(tcp_tw_recycle since 4.12, tcp_tw_reuse_delay before 6.x, tcp_ehash_entries and
+(tcp_tw_recycle since 4.12, tcp_tw_reuse_delay before 6.13, tcp_ehash_entries and
 tcp_child_ehash_entries before 6.1) is absent from the result.
 """
 
@@ -117,7 +117,9 @@ SYSCTL_METRICS = {
     "tcp_tw_reuse": ("tcp_tw_reuse", "net.ipv4.tcp_tw_reuse: 0 off, 1 on, 2 loopback only"),
     "tcp_tw_reuse_delay": (
         "tcp_tw_reuse_delay_seconds",
-        "net.ipv4.tcp_tw_reuse_delay: minimum TIME-WAIT age before reuse",
+        "net.ipv4.tcp_tw_reuse_delay (Linux 6.13+): minimum TIME-WAIT age before "
+        "tcp_tw_reuse lets connect() take it over; absent before 6.13, where that happens "
+        "once the kernel's seconds clock ticks (within 1 s)",
     ),
     "tcp_tw_recycle": ("tcp_tw_recycle", "net.ipv4.tcp_tw_recycle (kernels before 4.12 only)"),
     "tcp_max_tw_buckets": (

@@ -8,7 +8,11 @@ was created by bind() (tb->fastreuse >= 0: listeners and other explicitly bound 
 any local address), and takes a port whose quadruplet toward this destination is free
 (__inet_check_established). A TIME-WAIT quadruplet is free only when tcp_twsk_unique
 allows reuse: tcp_tw_reuse 1, or 2 (loopback only) when either end is a loopback address,
-and timestamps in use.
+and timestamps in use. How soon depends on the kernel: from Linux 6.13, once the TIME-WAIT
+is older than tcp_tw_reuse_delay (1 s by default); before 6.13 (no tcp_tw_reuse_delay), once
+the kernel's seconds clock (ktime_get_seconds) has ticked past the second in which the
+TIME-WAIT last heard from its peer, so after somewhere between 0 and 1 s. Either way such a
+TIME-WAIT holds no port for long, and the utilisation leaves it out whatever its age.
 
 So every outbound bucket (local addr, remote addr, remote port) of a namespace has the
 same capacity: the range, minus reserved ports, minus ports held by listeners. The ports
@@ -60,7 +64,9 @@ class PortPolicy:
     def reuse_by_value(self, local_loopback: bool, remote_loopback: bool) -> bool:
         """Does the value of tcp_tw_reuse alone let connect() take over a TIME-WAIT
         quadruplet of this bucket (tcp_twsk_unique, net/ipv4/tcp_ipv4.c)? 1: any; 2:
-        when either end is a loopback address."""
+        when either end is a loopback address. The same on every supported kernel (5.10
+        on); only the wait differs: tcp_tw_reuse_delay from 6.13, before it the next tick
+        of the kernel's seconds clock (at most 1 s)."""
         if self.tw_reuse == 1:
             return True
         return self.tw_reuse == 2 and (local_loopback or remote_loopback)
@@ -150,7 +156,9 @@ def outbound_capacity(policy: PortPolicy, listen_port: npt.NDArray[np.bool_]) ->
 
 def timewait_reusable(policy: PortPolicy, buckets: Buckets) -> npt.NDArray[np.bool_]:
     """Per bucket: may connect() take over its TIME-WAIT quadruplets (tcp_twsk_unique,
-    net/ipv4/tcp_ipv4.c)? tcp_tw_reuse 1, or 2 with a loopback end, and timestamps on."""
+    net/ipv4/tcp_ipv4.c)? tcp_tw_reuse 1, or 2 with a loopback end, and timestamps on;
+    once past tcp_tw_reuse_delay (6.13+) or the seconds clock's next tick (before 6.13),
+    which the answer does not wait for (see the module's docstring)."""
     n = len(buckets)
     # PortPolicy.reuse on arrays: its answer for (not loopback, not loopback) holds for
     # every bucket unless loopback matters, and then for exactly the loopback ones.

@@ -93,8 +93,23 @@ def test_used_equals_capacity_when_connect_fails(netns: Netns) -> None:
     assert states[("ipv4", "time_wait")] == 30
 
 
+def reuse_wait(netns: Netns) -> float:
+    """How long after a TIME-WAIT last heard from its peer connect() may take it over
+    (tcp_twsk_unique, net/ipv4/tcp_ipv4.c): tcp_tw_reuse_delay from Linux 6.13; before,
+    once the kernel's seconds clock (ktime_get_seconds) has ticked past the second it heard
+    in, which is at most 1 s later, whichever second that was."""
+    try:
+        return int(netns.read("sys/net/ipv4/tcp_tw_reuse_delay")) / 1000
+    except FileNotFoundError:
+        return 1.0
+
+
 def test_tw_reuse_2_lets_loopback_connects_take_over_time_wait(netns: Netns) -> None:
-    listener = exhaustion_namespace(netns, "2")
+    """The bucket is filled with tcp_tw_reuse 0, so that no connect() of the fill can take
+    over an earlier TIME-WAIT (before 6.13 one may as soon as the seconds clock ticks, which
+    a slow fill crosses), then 2 is set; the takeover waits from the fill's end for the
+    longest the kernel's rule can take, so no outcome depends on the clock's phase."""
+    listener = exhaustion_namespace(netns, "0")
     remote = listener.getsockname()
     for _ in range(89):  # fill the bucket with TIME-WAIT only
         sock = client(netns, "127.0.0.1", remote)
@@ -102,14 +117,18 @@ def test_tw_reuse_2_lets_loopback_connects_take_over_time_wait(netns: Netns) -> 
         sock.close()
         accepted.recv(1)
         accepted.close()
+    filled = time.monotonic()  # every TIME-WAIT has heard its last segment by now
+    netns.sysctl("net.ipv4.tcp_tw_reuse", "2")
     parsed = samples(netns.exporter("dump").stdout)
     ns = {"netns": netns.name}
     assert value(parsed, "tcptw_outbound_ports_used", **ns, **bucket("8080")) == 89
     assert value(parsed, "tcptw_outbound_timewait_sockets", **ns, **bucket("8080")) == 89
-    # Reusable after tcp_tw_reuse_delay (1 s): none of them counts as used.
+    # Reusable (after tcp_tw_reuse_delay, or the seconds clock's next tick before 6.13):
+    # none of them counts as used.
     assert value(parsed, "tcptw_outbound_port_utilization_max_ratio", **ns) == 0.0
     recycled = parse_netstat(netns.read("net/netstat"))["TWRecycled"]
-    time.sleep(1.2)  # under test: past tcp_tw_reuse_delay (1 s), a TIME-WAIT is reusable
+    # Under test: past the kernel's reuse rule, every TIME-WAIT is reusable.
+    time.sleep(max(0.0, filled + reuse_wait(netns) + 0.2 - time.monotonic()))
     taken = client(netns, "127.0.0.1", remote)  # no EADDRNOTAVAIL: a TIME-WAIT is taken over
     netns.held.append(listener.accept()[0])
     assert taken.getsockname()[1] in range(40010, 40100)
