@@ -309,6 +309,7 @@ def build(podman: Podman, tag: str, revision: str) -> Built:
             "--network",
             "host",
             "--pull=never",
+            "--jobs=2",  # the build and rootfs stages download side by side
             "--volume",
             f"{HOST_CA}:{BUILD_CA}:ro",
             "--tag",
