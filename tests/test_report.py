@@ -9,13 +9,17 @@ and review the diff."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import select
 import shutil
+import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,12 +30,14 @@ import pytest
 
 from exporter.config import Config
 from exporter.engine.poller import Poller
-from exporter.report import engine, render_json
+from exporter.netns.pods import PodName
+from exporter.report import engine, holders, render_json
 from tests.conftest import FIXTURES, TREES
-from tests.kernel import Netns, server_closes_first, time_wait_pairs, wait_until
+from tests.kernel import Netns, connect, server_closes_first, time_wait_pairs, wait_until
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "docs" / "report.schema.json").read_text())
 GOLDEN = FIXTURES / "golden" / "report-scenario.txt"
+EXHAUSTION = FIXTURES / "golden" / "report-exhaustion.txt"
 WINDOW = "0.2"
 
 
@@ -128,12 +134,25 @@ def in_window(pid: int) -> bool:
     return "nanosleep" in Path(f"/proc/{pid}/wchan").read_text()
 
 
-def report_during(netns: Netns, make: Callable[[], None], *extra: str) -> dict[str, Any]:
+def report_during(
+    netns: Netns, make: Callable[[], None], *extra: str, code: int = 0
+) -> dict[str, Any]:
     """`report --window 2s` in a subprocess; `make` runs in its window, once the first
     poll is done (its events listener open, unless --no-events), and must end before the
-    second poll."""
+    second poll. `code`: the exit status expected."""
+    out, finished = run_during(netns, make, *extra, "--format", "json", code=code)
+    doc: dict[str, Any] = json.loads(out)
+    validate(doc)
+    assert finished < doc["generated_at"], "the connections ran past the window"
+    return doc
+
+
+def run_during(
+    netns: Netns, make: Callable[[], None], *extra: str, code: int = 0
+) -> tuple[str, float]:
+    """report_during's run: its stdout, and when `make` was done."""
     argv = [sys.executable, "-m", "exporter", "report", "--window", f"{EVENTS_WINDOW}s",
-            "--format", "json", "--netns=self", *extra]  # fmt: skip
+            "--netns=self", *extra]  # fmt: skip
     proc = subprocess.Popen(
         ["ip", "netns", "exec", netns.name, *argv],
         stdout=subprocess.PIPE,
@@ -151,11 +170,8 @@ def report_during(netns: Netns, make: Callable[[], None], *extra: str) -> dict[s
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0, err
-    doc: dict[str, Any] = json.loads(out)
-    validate(doc)
-    assert done < doc["generated_at"], "the connections ran past the window"
-    return doc
+    assert proc.returncode == code, err
+    return out, done
 
 
 def outbound(doc: dict[str, Any], destination: str) -> dict[str, Any]:
@@ -480,6 +496,221 @@ def test_tw_recycle_enabled_on_linux_4_9(tmp_path: Path, value: int) -> None:
     (ns,) = doc["namespaces"]
     assert ns["timewait"] == 12 and ns["tcp_max_tw_buckets"] == 262144
     assert [s["million_bytes"] for s in doc["slab"]] == [256_000_000, 64_000_000]
+
+
+# -- connect-failing: EADDRNOTAVAIL counted from the socket-destroy events ----------------
+
+
+def fail_connect(netns: Netns, remote: tuple[str, int]) -> None:
+    """One connect() refused with EADDRNOTAVAIL, its socket closed (the destroy event)."""
+    sock = netns.new_socket()
+    with pytest.raises(OSError) as raised:
+        sock.connect(remote)
+    assert raised.value.errno == errno.EADDRNOTAVAIL
+    netns.held.remove(sock)
+    sock.close()
+
+
+def fill_then_fail(netns: Netns, listener: socket.socket, failures: int) -> None:
+    """Both ports of a 2-port range toward `listener`, `failures` connects refused, then
+    the two connections closed server first: the client ports are free again (the
+    TIME-WAIT sockets are the server's, on its listening port)."""
+    remote = listener.getsockname()[:2]
+    pairs = [(connect(netns, "", remote), listener.accept()[0]) for _ in range(2)]
+    for _ in range(failures):
+        fail_connect(netns, remote)
+    for client, server in pairs:
+        server.close()
+        select.select([client], [], [], 5)
+        client.recv(16)
+        client.close()
+        netns.held.remove(client)
+
+
+def test_connect_failing_counted_per_destination(netns: Netns) -> None:
+    """3 failures toward 127.0.0.2 and 2 toward 127.0.0.3 in the window: the finding
+    counts exactly those, critical; --fail-on exits 3 for them alone, every port being
+    free again when the second poll looks."""
+    netns.sysctl("net.ipv4.ip_local_port_range", "40000 40001")
+    first = netns.listen("127.0.0.2", 7000)
+    second = netns.listen("127.0.0.3", 7000)
+
+    def make() -> None:
+        fill_then_fail(netns, first, 3)
+        fill_then_fail(netns, second, 2)
+
+    doc = report_during(netns, make, "--fail-on", "0.99", code=3)
+    (ns,) = doc["namespaces"]
+    assert ns["connect_failures"] == {
+        "failed": {"127.0.0.2": 3, "127.0.0.3": 2},
+        "uncounted": 0,
+        "total": 5,
+    }
+    assert ns["connect_failures_reason"] == ""
+    (found,) = findings(doc, "connect-failing")
+    assert found["severity"] == "critical" and found["netns"] == netns.name
+    assert found["evidence"]["failures"] == 5
+    assert found["evidence"]["failed@127.0.0.2"] == 3
+    assert found["evidence"]["failed@127.0.0.3"] == 2
+    assert "3 toward 127.0.0.2, 2 toward 127.0.0.3" in found["summary"]
+    assert (ns["max_ratio"] or 0) < 0.99  # the forecast alone would have passed
+    assert doc["exit_code"] == 3 and doc["fail_on_reasons"] == ["connect_failures"]
+
+
+def test_connect_failing_absent_without_failures(netns: Netns) -> None:
+    """The same ports filled and freed with no connect() failing: counted, 0, no finding,
+    exit 0. With --no-events the failures are unknown, said so, never guessed."""
+    netns.sysctl("net.ipv4.ip_local_port_range", "40000 40001")
+    listener = netns.listen("127.0.0.2", 7000)
+    doc = report_during(netns, lambda: fill_then_fail(netns, listener, 0), "--fail-on", "0.99")
+    (ns,) = doc["namespaces"]
+    assert ns["connect_failures"] == {"failed": {}, "uncounted": 0, "total": 0}
+    assert "connect-failing" not in ids(doc)
+    assert doc["exit_code"] == 0 and doc["fail_on_reasons"] == []
+    code, doc = report(netns, "--no-events", "--fail-on", "0.99")
+    (ns,) = doc["namespaces"]
+    assert ns["connect_failures"] is None and ns["connect_failures_reason"] == "--no-events"
+    assert "connect-failing" not in ids(doc) and code == 0
+    code, text = report(netns, "--no-events", "--fail-on", "0.99", fmt="text")
+    words = " ".join(text.split())  # as wrapped at 100 columns
+    assert "connect() failures not counted in 1 of 1 namespaces (--no-events)" in words
+    assert "connect() failures (EADDRNOTAVAIL): not counted (--no-events)" in words
+
+
+# -- the issue's 3 a.m. exhaustion: CLOSE-WAIT, its holder, two TIME-WAIT counts ----------
+
+HOLDER = """
+import socket, sys
+held = [socket.create_connection(("127.0.0.5", 7000)) for _ in range({n})]
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextmanager
+def close_wait_holder(netns: Netns, listener: socket.socket, n: int) -> Iterator[int]:
+    """A process in the namespace holding `n` connections to `listener` whose peer has
+    closed: n CLOSE-WAIT sockets it never closes (and n orphaned FIN-WAIT-2 on the
+    server's side). Yields its pid."""
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", netns.name, sys.executable, "-c", HOLDER.format(n=n)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        for _ in range(n):
+            listener.accept()[0].close()
+        wait_until(
+            lambda: ss_count(netns, "state", "close-wait") == n, 10, f"{n} CLOSE-WAIT sockets"
+        )
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_exhaustion_at_3am(netns: Netns) -> None:
+    """The issue's scenario: 50 usable ports toward 127.0.0.5:7000, 20 in TIME-WAIT, 30 in
+    CLOSE-WAIT held by a process that never closes them, 3 connects failing in the
+    window. JSON: close-wait-leak names the holder, port-exhaustion too, connect-failing
+    counts the 3, the two TIME-WAIT counts are told apart. Text: golden
+    report-exhaustion.txt (pid and comm masked too)."""
+    netns.sysctl("net.ipv4.ip_local_port_range", "40000 40049")
+    listener = netns.listen("127.0.0.5", 7000)
+
+    def make() -> None:
+        for _ in range(3):
+            fail_connect(netns, ("127.0.0.5", 7000))
+
+    with close_wait_holder(netns, listener, 30) as pid:
+        time_wait_pairs(netns, listener, 20)
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        doc = report_during(netns, make, "--fail-on", "0.9", code=3)
+        text, _ = run_during(netns, make, "--fail-on", "0.9", "--netns.name", "scenario",
+                             "--no-collector.slab", code=3)  # fmt: skip
+    (ns,) = doc["namespaces"]
+    (leak,) = findings(doc, "close-wait-leak")
+    assert leak["severity"] == "critical"
+    assert leak["evidence"]["destination"] == "127.0.0.5:7000"
+    assert leak["evidence"]["close_wait"] == 30 and leak["evidence"]["capacity"] == 50
+    assert leak["evidence"]["holder_pid"] == pid
+    assert leak["evidence"]["holder_comm"] == comm
+    assert leak["evidence"]["holder_close_wait"] == 30
+    assert "holder_pod" not in leak["evidence"]  # not in a pod
+    assert f"held by pid {pid} ({comm}), 30 of them" in leak["summary"]
+    (full,) = findings(doc, "port-exhaustion")
+    assert full["evidence"]["holder_pid"] == pid and full["evidence"]["holder_sockets"] == 30
+    assert f"30 of its 50 sockets are held by pid {pid}" in full["summary"]
+    (failing,) = findings(doc, "connect-failing")
+    assert failing["evidence"]["failed@127.0.0.5"] == 3
+    (inspection,) = ns["inspections"]
+    assert inspection["destination"] == "127.0.0.5:7000"
+    assert inspection["states"] == {"time_wait": 20, "close_wait": 30}
+    assert outbound(doc, "127.0.0.5:7000")["sockets"] == 50  # the same sockets as the tally's
+    assert [(h["pid"], h["sockets"], h["close_wait"]) for h in inspection["holders"]] == [
+        (pid, 30, 30)
+    ]
+    assert inspection["unattributed"] == 0 and inspection["error"] == ""
+    # The two TIME-WAIT counts: sockstat tw also counts the server's orphaned FIN-WAIT-2.
+    assert ns["timewait"] == 50 and ns["states"]["time_wait"] == 20
+    assert ns["orphan_fin_wait2"] == 30
+    assert doc["fail_on_reasons"] == ["max_ratio", "connect_failures"]
+    assert all(len(line) <= 100 for line in text.splitlines()), text
+    words = " ".join(text.split())  # as wrapped at 100 columns
+    assert f"held by pid {pid} ({comm}), 30 of them" in words
+    assert "TIME-WAIT 20 (the sock_diag state) plus orphaned FIN-WAIT-2 30" in words
+    masked = mask(re.sub(rf"(?<=[ (=]){re.escape(comm)}\b", "COMM", text))
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        EXHAUSTION.write_text(masked)
+    assert masked == EXHAUSTION.read_text()
+
+
+def test_close_wait_leak_absent_below_its_share(netns: Netns) -> None:
+    """4 CLOSE-WAIT sockets in a full bucket of 50 ports: under 10 % of it, no finding;
+    the bucket's holder is still named in port-exhaustion."""
+    netns.sysctl("net.ipv4.ip_local_port_range", "40000 40049")
+    listener = netns.listen("127.0.0.5", 7000)
+    with close_wait_holder(netns, listener, 4) as pid:
+        time_wait_pairs(netns, listener, 46)
+        _, doc = report(netns)
+    assert "close-wait-leak" not in ids(doc)
+    (full,) = findings(doc, "port-exhaustion")
+    assert full["evidence"]["holder_pid"] == pid and full["evidence"]["holder_sockets"] == 4
+
+
+def test_close_wait_leak_absent_in_a_cool_bucket(netns: Netns) -> None:
+    """30 CLOSE-WAIT sockets in a bucket at 30 %: below the port warning, not inspected."""
+    netns.sysctl("net.ipv4.ip_local_port_range", "40000 40099")
+    listener = netns.listen("127.0.0.5", 7000)
+    with close_wait_holder(netns, listener, 30):
+        _, doc = report(netns)
+    assert "close-wait-leak" not in ids(doc)
+    assert doc["namespaces"][0]["inspections"] == []
+
+
+def test_holder_pod_named_from_its_cgroup(tmp_path: Path) -> None:
+    """The pod of a holding process: its cgroup's pod UID, named from kubelet's logs."""
+    uid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+    (tmp_path / "41").mkdir()
+    (tmp_path / "41" / "comm").write_text("java\n")
+    (tmp_path / "41" / "cgroup").write_text(
+        f"0::/kubepods.slice/kubepods-pod{uid.replace('-', '_')}.slice/cri-containerd-ab.scope\n"
+    )
+    (tmp_path / "42").mkdir()
+    (tmp_path / "42" / "cgroup").write_text("0::/system.slice/sshd.service\n")
+    pods = {uid: PodName("shop", "cart-7d9f")}
+    found = holders.Records(Counter({8: 2, 1: 1}), {101: 8, 102: 8, 103: 1})
+    owners = {101: {41}, 102: {41}, 103: {42}}
+    key = ("10.0.0.1", "10.0.0.9", "443")
+    result = holders.inspection(tmp_path, key, found, owners, 0, pods)
+    assert result.holders == (
+        holders.Holder(41, "java", "shop/cart-7d9f", 2, 2),
+        holders.Holder(42, "", "", 1, 0),
+    )
+    assert result.states == {"established": 1, "close_wait": 2}
+    assert holders.inspection(tmp_path, key, found, owners, 0, {}).holders[0].pod == uid
 
 
 # -- the text ------------------------------------------------------------------------------

@@ -101,6 +101,18 @@ class OutboundTotals:
 
 
 @dataclass(frozen=True, slots=True)
+class FailureTotals:
+    """One namespace's connect() failures per destination address since its listener was
+    opened, every destination, whatever the top K (`EventTable.failure_totals`, for
+    `report`)."""
+
+    netns: str
+    listener: int  # the listener's inode: another one means the counting started over
+    failed: dict[str, int]  # remote_addr → failures (error eaddrnotavail)
+    uncounted: int  # failures in no destination's total (beyond MAX_BUCKETS, or forgotten idle)
+
+
+@dataclass(frozen=True, slots=True)
 class FailureRow:
     netns: str
     remote_addr: str
@@ -339,6 +351,23 @@ class EventTable:
                         for raw, bucket in ns.outbound.buckets.items()
                     },
                     ns.outbound.uncounted,
+                )
+                for ns in self._namespaces.values()
+            }
+
+    def failure_totals(self) -> dict[str, FailureTotals]:
+        """Read-only, per namespace label with a listener: every destination's connect()
+        failures so far (unlike `snapshot`, neither ranks nor evicts anything)."""
+        with self.lock:
+            return {
+                ns.label: FailureTotals(
+                    ns.label,
+                    ns.listener.socket.inode,
+                    {
+                        self._labels(raw, True)[1]: bucket.total
+                        for raw, bucket in ns.failures.buckets.items()
+                    },
+                    ns.failures.uncounted,
                 )
                 for ns in self._namespaces.values()
             }

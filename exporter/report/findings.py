@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from exporter.engine.snapshot import Snapshot
+from exporter.report.holders import Holder, Inspection
 from exporter.report.model import (
     DEFAULT_FIN_TIMEOUT,
     DEFAULT_PORT_RANGE,
     DEFAULT_PORTS,
     SEVERITIES,
     TIME_WAIT_SECONDS,
+    Bucket,
     Finding,
     NamespaceView,
     buckets,
@@ -26,13 +28,15 @@ from exporter.report.model import (
 )
 from exporter.thresholds import DEFAULT, Thresholds
 
-# port-exhaustion and timewait-overflow compare with the alerts' thresholds
-# (exporter/thresholds.py); the rest are the report's own.
+# port-exhaustion, close-wait-leak and timewait-overflow compare with the alerts'
+# thresholds (exporter/thresholds.py); the rest are the report's own.
 THRESHOLDS: Thresholds = DEFAULT
 TW_REUSE_SHARE = 0.25  # outbound TIME-WAIT holding this share of a bucket's capacity
 SERVER_CLOSES_MIN = 50  # inbound TIME-WAIT sockets on one local port
 SERVER_CLOSES_SHARE = 0.5  # ... and more than this share of that port's inbound sockets
 EHASH_SHARED_MANY = 10  # namespaces on the host's established hash
+CLOSE_WAIT_SHARE = 0.1  # CLOSE-WAIT sockets holding this share of a hot bucket's capacity
+SHOWN_DESTINATIONS = 5  # connect-failing: destinations named in the evidence
 
 
 def _pct(ratio: float) -> str:
@@ -67,19 +71,158 @@ def port_exhaustion(all_views: list[NamespaceView], second: Snapshot) -> list[Fi
             }
             if b.limit is not None:
                 evidence["limit_per_second"] = round(b.limit, 2)
+        held = ""
+        top_holder = _holder(view, top[0]) if top else None
+        if top_holder is not None:
+            holder, inspection = top_holder
+            evidence |= _holder_evidence(holder)
+            held = (
+                f"; {holder.sockets:,} of its {sum(inspection.states.values()):,} sockets are "
+                f"held by {_process(holder)}"
+            )
         found.append(
             Finding(
                 "port-exhaustion",
                 "critical" if ports.max_ratio >= THRESHOLDS.port_critical else "warning",
                 view.label,
                 f"{where}: {_pct(ports.max_ratio)} of {ports.capacity:,} usable local ports "
-                "in use; connect() fails with EADDRNOTAVAIL at 100 %",
+                f"in use; connect() fails with EADDRNOTAVAIL at 100 %{held}",
                 evidence,
                 "Reuse connections (keep-alive, a connection pool) instead of opening one per "
                 "request: every closed connection keeps its port for 60 s. If that is not "
                 "possible, widen net.ipv4.ip_local_port_range, add local or destination "
                 "addresses (each pair has its own port space), or enable "
                 "net.ipv4.tcp_tw_reuse=1 for client traffic.",
+            )
+        )
+    return found
+
+
+def _inspection(view: NamespaceView, b: Bucket) -> Inspection | None:
+    for inspection in view.inspections:
+        key = (inspection.local_addr, inspection.remote_addr, inspection.remote_port)
+        if key == (b.local_addr, b.remote_addr, b.remote_port):
+            return inspection
+    return None
+
+
+def _holder(view: NamespaceView, b: Bucket) -> tuple[Holder, Inspection] | None:
+    """The process holding the most of the bucket's sockets, when it was named."""
+    inspection = _inspection(view, b)
+    if inspection is None or not inspection.holders:
+        return None
+    return inspection.holders[0], inspection
+
+
+def _process(holder: Holder) -> str:
+    pod = f", pod {holder.pod}" if holder.pod else ""
+    return f"pid {holder.pid} ({holder.comm or '?'}{pod})"
+
+
+def _holder_evidence(holder: Holder) -> dict[str, float | int | str]:
+    evidence: dict[str, float | int | str] = {
+        "holder_pid": holder.pid,
+        "holder_comm": holder.comm,
+        "holder_sockets": holder.sockets,
+    }
+    if holder.pod:
+        evidence["holder_pod"] = holder.pod
+    return evidence
+
+
+def connect_failing(all_views: list[NamespaceView], second: Snapshot) -> list[Finding]:
+    """connect() failed with EADDRNOTAVAIL at least once during the window, counted from
+    the socket-destroy events (exporter/events/failures.py) in a namespace whose listener
+    ran for the whole window; critical. Namespaces without events have no count, and no
+    finding: the report says why in their section and in its --fail-on line."""
+    found = []
+    for view in all_views:
+        failures = view.failures
+        if failures is None or failures.total == 0:
+            continue
+        shown = list(failures.failed.items())[:SHOWN_DESTINATIONS]
+        evidence: dict[str, float | int | str] = {
+            "failures": failures.total,
+            "window_seconds": round(view.window, 3),
+            "destinations": len(failures.failed),
+        }
+        for remote, n in shown:
+            evidence[f"failed@{remote}"] = n
+        rest = failures.total - sum(n for _, n in shown)
+        if rest:
+            evidence["failed@other"] = rest
+        toward = ", ".join(f"{n:,} toward {remote}" for remote, n in shown)
+        if rest:
+            toward += f", {rest:,} toward other destinations"
+        found.append(
+            Finding(
+                "connect-failing",
+                "critical",
+                view.label,
+                f"connect() failed with EADDRNOTAVAIL {failures.total:,} times in "
+                f"{view.window:.1f} s, no local port free: {toward}",
+                evidence,
+                "These connections were never made: every local port toward that address was "
+                "taken (the failed socket keeps the destination address, not its port; the "
+                "outbound buckets show which port). Free ports now: close leaked connections "
+                "(close-wait-leak names them) or set net.ipv4.tcp_tw_reuse=1; then reuse "
+                "connections, widen net.ipv4.ip_local_port_range or add addresses. A client "
+                "that bind()s before connect() runs out sooner than the capacity says: set "
+                "IP_BIND_ADDRESS_NO_PORT before its bind().",
+            )
+        )
+    return found
+
+
+def close_wait_leak(all_views: list[NamespaceView], second: Snapshot) -> list[Finding]:
+    """A bucket at Thresholds.port_warning or more (one of those `report` inspects) whose
+    CLOSE-WAIT sockets hold at least CLOSE_WAIT_SHARE (10 %) of its capacity: the peer
+    closed, the application never closed its end. Critical when the bucket reaches
+    port_critical. The holding process is named where /proc/<pid>/fd shows it."""
+    found = []
+    for view in all_views:
+        hit = []
+        for b in buckets(view):
+            inspection = _inspection(view, b)
+            if inspection is None or not b.capacity:
+                continue
+            close_wait = inspection.states.get("close_wait", 0)
+            if close_wait and close_wait >= CLOSE_WAIT_SHARE * b.capacity:
+                hit.append((close_wait, b, inspection))
+        if not hit:
+            continue
+        close_wait, b, inspection = max(hit, key=lambda x: (x[0], x[1].ratio, x[1].destination))
+        evidence: dict[str, float | int | str] = {
+            "destination": b.destination,
+            "local_addr": b.local_addr,
+            "close_wait": close_wait,
+            "capacity": b.capacity,
+            "share": round(close_wait / b.capacity, 4),
+            "ratio": round(b.ratio, 4),
+            "buckets": len(hit),
+        }
+        leaking = [h for h in inspection.holders if h.close_wait]
+        if leaking:
+            holder = max(leaking, key=lambda h: (h.close_wait, -h.pid))
+            evidence |= _holder_evidence(holder)
+            evidence["holder_close_wait"] = holder.close_wait
+            who = f"held by {_process(holder)}, {holder.close_wait:,} of them"
+        else:
+            why = inspection.error or "no readable /proc/<pid>/fd holds them"
+            who = f"the holding process could not be named ({why})"
+        found.append(
+            Finding(
+                "close-wait-leak",
+                "critical" if b.ratio >= THRESHOLDS.port_critical else "warning",
+                view.label,
+                f"toward {b.destination}: {close_wait:,} CLOSE-WAIT sockets hold "
+                f"{_pct(close_wait / b.capacity)} of {b.capacity:,} ports: the peer closed, "
+                f"the application never closed its end; {who}",
+                evidence,
+                "Fix the application: close the socket once a read returns end of file (0 "
+                "bytes), and bound the life of idle pooled connections. Restarting the "
+                "process frees the ports now. tcp_tw_reuse and a wider port range do not "
+                "help: a CLOSE-WAIT socket keeps its port until its descriptor is closed.",
             )
         )
     return found
@@ -359,7 +502,9 @@ def ehash_shared(all_views: list[NamespaceView], second: Snapshot) -> list[Findi
 
 
 FINDINGS: dict[str, Callable[[list[NamespaceView], Snapshot], list[Finding]]] = {
+    "connect-failing": connect_failing,
     "port-exhaustion": port_exhaustion,
+    "close-wait-leak": close_wait_leak,
     "timewait-overflow": timewait_overflow,
     "tw-recycle-enabled": tw_recycle_enabled,
     "tw-reuse-off-for-clients": tw_reuse_off_for_clients,
@@ -373,7 +518,10 @@ FINDINGS: dict[str, Callable[[list[NamespaceView], Snapshot], list[Finding]]] = 
 
 def all_findings(all_views: list[NamespaceView], second: Snapshot) -> list[Finding]:
     """Every finding of the namespaces' views (model.views, built once per report) and of
-    the second poll's host sources, most severe first, then by id and namespace."""
+    the second poll's host sources, most severe first, then by id and namespace; except
+    that connect-failing, the one fact among forecasts (connects did fail), leads."""
     found = [f for check in FINDINGS.values() for f in check(all_views, second)]
-    found.sort(key=lambda f: (SEVERITIES.index(f.severity), f.id, f.netns))
+    found.sort(
+        key=lambda f: (SEVERITIES.index(f.severity), f.id != "connect-failing", f.id, f.netns)
+    )
     return found

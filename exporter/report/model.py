@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from exporter.engine.snapshot import HOST, Snapshot
+from exporter.report.holders import Inspection
 from exporter.sources.netstat import SOURCE as NETSTAT
 from exporter.sources.slab import SOURCE as SLAB
 from exporter.sources.slab import SlabCache
@@ -74,13 +75,33 @@ class Closes:
 
 
 @dataclass(frozen=True, slots=True)
+class Failures:
+    """One namespace's connect() calls that failed with EADDRNOTAVAIL during the window,
+    per destination address, from the socket-destroy events (exporter/events/failures.py:
+    counted when the application closes the failed socket)."""
+
+    failed: dict[str, int]  # remote_addr → failures; destinations with none left out
+    uncounted: int = 0  # failures toward destinations the listener no longer tracks
+
+    @property
+    def total(self) -> int:
+        return sum(self.failed.values()) + self.uncounted
+
+
+@dataclass(frozen=True, slots=True)
 class Events:
-    """What the events gave the report: per namespace label, its closes, or why it has
-    none (its rates are then estimated from TIME-WAIT)."""
+    """What the events gave the report: per namespace label, its closes and connect()
+    failures, or why it has none (its rates are then estimated from TIME-WAIT, and its
+    failures are unknown)."""
 
     closes: dict[str, Closes] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
     reason: str = "no events given"  # for a namespace in neither
+    failures: dict[str, Failures] = field(default_factory=dict)  # same labels as closes
+    # Not from the events, but read by `observe` too and carried with them: per namespace
+    # label, its buckets at Thresholds.port_warning or more, inspected after the second
+    # poll (holders.py: their sockets per state and the processes holding them).
+    inspections: dict[str, tuple[Inspection, ...]] = field(default_factory=dict)
 
     def why_not(self, label: str) -> str:
         """Why the namespace's rates are estimated; empty when they are counted."""
@@ -106,6 +127,10 @@ class NamespaceView:
     netstat_before: dict[str, int] | None = None
     errors: tuple[str, ...] = ()
     closes: Closes | None = None  # None: no events for the whole window
+    failures: Failures | None = None  # None: not counted (no events for the whole window)
+    failures_reason: str = ""  # why not counted
+    # its buckets at port_warning or more, worst first: their sockets and holders
+    inspections: tuple[Inspection, ...] = ()
 
     def sysctl(self, name: str) -> float | None:
         return None if self.sysctls is None else self.sysctls.values.get(name)
@@ -342,6 +367,9 @@ def views(first: Snapshot, second: Snapshot, events: Events = NO_EVENTS) -> list
                 netstat_before=_counters(netstat_before.get(label)),
                 errors=tuple(errors.get(label, ())),
                 closes=events.closes.get(label),
+                failures=events.failures.get(label),
+                failures_reason=events.why_not(label) if label not in events.failures else "",
+                inspections=events.inspections.get(label, ()),
             )
         )
     return result

@@ -16,6 +16,10 @@ def to_dict(report: Report) -> dict[str, Any]:
         for out, b in zip(ns["outbound"], source.outbound, strict=True):
             out["destination"] = b.destination
             out["sentence"] = b.sentence()
+        for out, i in zip(ns["inspections"], source.inspections, strict=True):
+            out["destination"] = i.destination
+        if source.connect_failures is not None:
+            ns["connect_failures"]["total"] = source.connect_failures.total
     # tuples become lists, as they would through a round trip
     result: dict[str, Any] = json.loads(json.dumps(doc))
     return result

@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 
 from exporter.report.engine import NamespaceReport, Report
+from exporter.report.holders import Holder, Inspection
 from exporter.report.model import TIME_WAIT_SECONDS, Finding, rate_text
 
 WIDTH = 100
@@ -107,7 +108,9 @@ def _namespace(ns: NamespaceReport, style: Style) -> list[str]:
         lines += _wrap(f"unreadable: {error}", "  ")
     if ns.states:
         lines += _wrap(
-            "sockets: " + ", ".join(f"{s} {_n(c)}" for s, c in sorted(ns.states.items())), "  "
+            "sockets (sock_diag, per state): "
+            + ", ".join(f"{s} {_n(c)}" for s, c in sorted(ns.states.items())),
+            "  ",
         )
     if ns.direction is not None:
         d = ns.direction
@@ -125,14 +128,12 @@ def _namespace(ns: NamespaceReport, style: Style) -> list[str]:
             "  ",
         )
     if ns.timewait is not None:
-        text = f"  TIME-WAIT: {_n(ns.timewait)}"
-        if ns.tcp_max_tw_buckets:
-            share = ns.timewait / ns.tcp_max_tw_buckets
-            text += f" of tcp_max_tw_buckets {_n(ns.tcp_max_tw_buckets)} ({100 * share:.1f} %)"
-        lines.append(text)
+        lines += _wrap(_timewait(ns), "  ")
     if ns.rates:
         lines += _wrap(
-            "per second: " + ", ".join(f"{c} {_rate(r)}" for c, r in ns.rates.items()), "  "
+            "kernel counters per second, whole namespace: "
+            + ", ".join(f"{c} {_rate(r)}" for c, r in ns.rates.items()),
+            "  ",
         )
     if ns.outbound:
         rows = [["destination", "local", "used/cap", "", "TIME-WAIT", "limit/s", "full in"]]
@@ -152,6 +153,10 @@ def _namespace(ns: NamespaceReport, style: Style) -> list[str]:
         hidden = len(ns.outbound) - SHOWN_BUCKETS
         if hidden > 0:
             lines.append(f"    ... {hidden} more (--format json lists them)")
+        lines += _wrap(RATES, "    ")
+    for inspection in ns.inspections:
+        lines += _inspection(inspection)
+    lines += _wrap(_failures(ns), "  ")
     if ns.inbound:
         rows = [["local port", "peer", "sockets", "TIME-WAIT"]]
         for lp in ns.inbound[:SHOWN_PORTS]:
@@ -163,11 +168,83 @@ def _namespace(ns: NamespaceReport, style: Style) -> list[str]:
     return lines
 
 
+RATES = (
+    "(one rate per destination: conn/s now is the connections closed toward it per second, "
+    "counted from the socket-destroy events over the window, else estimated as its TIME-WAIT "
+    f"sockets / {TIME_WAIT_SECONDS} s, the average of the last minute; limit is (usable "
+    f"ports - its sockets not in TIME-WAIT) / {TIME_WAIT_SECONDS} s, at most the ports "
+    "line's figure, which assumes no socket held. The kernel's TW counter above is "
+    "namespace-wide: every socket entering TIME-WAIT or orphaned FIN-WAIT-2, in both "
+    "directions, toward every destination)"
+)
+
+
+def _timewait(ns: NamespaceReport) -> str:
+    """sockstat tw (what tcp_max_tw_buckets limits) beside sock_diag's TIME-WAIT state."""
+    tw = ns.timewait or 0
+    limit = ""
+    if ns.tcp_max_tw_buckets:
+        share = tw / ns.tcp_max_tw_buckets
+        limit = f" of tcp_max_tw_buckets {_n(ns.tcp_max_tw_buckets)} ({100 * share:.1f} %)"
+    if ns.orphan_fin_wait2 is None:
+        return f"TIME-WAIT (sockstat tw): {_n(tw)}{limit}"
+    if not ns.orphan_fin_wait2:
+        return (
+            f"timewait sockets (sockstat tw): {_n(tw)}{limit}, all in TIME-WAIT (sockstat tw "
+            "also counts orphaned FIN-WAIT-2 sockets: none now)"
+        )
+    return (
+        f"timewait sockets (sockstat tw): {_n(tw)}{limit}: TIME-WAIT "
+        f"{_n(ns.states.get('time_wait', 0))} (the sock_diag state) plus orphaned FIN-WAIT-2 "
+        f"{_n(ns.orphan_fin_wait2)} (closed here, waiting for the peer's FIN)"
+    )
+
+
+def _holder(h: Holder) -> str:
+    pod = f" pod {h.pod}" if h.pod else ""
+    close_wait = f", {_n(h.close_wait)} in CLOSE-WAIT" if h.close_wait else ""
+    return f"pid {h.pid} {h.comm or '?'}{pod}: {_n(h.sockets)} sockets{close_wait}"
+
+
+def _inspection(i: Inspection) -> list[str]:
+    head = f"toward {i.destination} from {i.local_addr}:"
+    if not i.states and i.error:
+        return _wrap(f"{head} not inspected: {i.error}", "  ")
+    states = ", ".join(f"{s} {_n(c)}" for s, c in i.states.items()) or "no socket left"
+    lines = _wrap(f"{head} sockets now: {states}", "  ")
+    if i.holders:
+        lines += _wrap("held by: " + "; ".join(_holder(h) for h in i.holders), "    ")
+    if i.unattributed:
+        why = f" ({i.error})" if i.error else ""
+        lines += _wrap(f"{_n(i.unattributed)} held by no process found{why}", "    ")
+    if not i.holders and not i.unattributed:
+        lines += _wrap(
+            "held by no process: TIME-WAIT and orphaned FIN-WAIT-2 sockets belong to the "
+            "kernel until their timer ends",
+            "    ",
+        )
+    return lines
+
+
+def _failures(ns: NamespaceReport) -> str:
+    f = ns.connect_failures
+    if f is None:
+        return f"connect() failures (EADDRNOTAVAIL): not counted ({ns.connect_failures_reason})"
+    if not f.total:
+        return "connect() failures (EADDRNOTAVAIL) in the window: none"
+    toward = ", ".join(f"{_n(n)} toward {remote}" for remote, n in f.failed.items())
+    if f.uncounted:
+        toward += (", " if toward else "") + f"{_n(f.uncounted)} toward untracked destinations"
+    return f"connect() failures (EADDRNOTAVAIL) in the window: {_n(f.total)}: {toward}"
+
+
 def _overview(namespaces: Sequence[NamespaceReport], flagged: set[str]) -> list[str]:
     rows = [["netns", "sockets", "TIME-WAIT", "tw/max", "outbound", "inbound", "max used", ""]]
     for ns in namespaces:
         tw = ns.timewait or 0
         share = f"{100 * tw / ns.tcp_max_tw_buckets:.1f} %" if ns.tcp_max_tw_buckets else "-"
+        if ns.states or ns.orphan_fin_wait2 is not None:
+            tw = ns.states.get("time_wait", 0)  # the state; sockstat tw is in tw/max
         d = ns.direction
         ratio = ns.max_ratio
         rows.append([
@@ -180,7 +257,35 @@ def _overview(namespaces: Sequence[NamespaceReport], flagged: set[str]) -> list[
     lines = table(rows, [False, True, True, True, True, True, True, False])
     if flagged:
         lines.append("  * has findings: details below")
+    lines += _wrap(
+        "TIME-WAIT: sockets in that state (sock_diag); tw/max: sockstat tw, which also counts "
+        "orphaned FIN-WAIT-2 sockets, over tcp_max_tw_buckets (the limit applies to both)",
+        "  ",
+    )
     return lines
+
+
+FAIL_ON_REASONS = {
+    "max_ratio": "a bucket's used/capacity reached it",
+    "connect_failures": "connect() failed with EADDRNOTAVAIL",
+}
+
+
+def _fail_on(report: Report) -> str:
+    """The verdict, its reasons, and the namespaces whose failures it could not see."""
+    if report.exit_code == 3:
+        why = "; ".join(FAIL_ON_REASONS[r] for r in report.fail_on_reasons)
+        text = f"--fail-on {report.fail_on:g}: reached (exit 3): {why}"
+    else:
+        text = f"--fail-on {report.fail_on:g}: not reached (exit {report.exit_code})"
+    blind = [ns for ns in report.namespaces if ns.connect_failures is None]
+    if blind:
+        reasons = sorted({ns.connect_failures_reason for ns in blind})
+        text += (
+            f"; connect() failures not counted in {len(blind)} of {len(report.namespaces)} "
+            f"namespaces ({'; '.join(reasons)})"
+        )
+    return text
 
 
 def render(report: Report, colour: bool = False) -> str:
@@ -220,6 +325,5 @@ def render(report: Report, colour: bool = False) -> str:
     else:
         lines.append("  slab caches not read")
     if report.fail_on is not None:
-        verdict = "reached" if report.exit_code == 3 else "not reached"
-        lines.append(f"  --fail-on {report.fail_on:g}: {verdict} (exit {report.exit_code})")
+        lines += _wrap(_fail_on(report), "  ")
     return "\n".join(lines) + "\n"
