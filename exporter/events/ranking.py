@@ -22,10 +22,21 @@ RATE_TAU = 60.0  # seconds: the decay time of the rate that ranks the top K
 
 
 class Bucket:
-    __slots__ = ("base", "exposed", "inside", "score", "seen", "shown", "stamp", "total")
+    __slots__ = (
+        "base",
+        "exposed",
+        "inside",
+        "ranked_total",
+        "score",
+        "seen",
+        "shown",
+        "stamp",
+        "total",
+    )
 
     def __init__(self, now: float, inside: bool) -> None:
         self.total = 0  # every close counted, top K or not (`report` reads it)
+        self.ranked_total = 0  # `total` at the last ranking
         self.shown = 0  # the exported counter: increments made while in the top K
         self.inside = inside
         # Entering the top K, a series is first exposed at `base` (its value when it
@@ -150,11 +161,18 @@ class TopK:
         for *_, bucket, direction in ranked[self.top :]:
             self.leave(direction, bucket)
         rows: list[Ranked] = []
-        for _, _, label, raw, bucket, _ in ranked[: self.top]:
+        for _, _, label, raw, bucket, direction in ranked[: self.top]:
             if not bucket.inside:
                 bucket.inside = True
                 bucket.base = bucket.shown
                 self.inside += 1
+                if not direction.shown:
+                    # Its namespace was quiet until now (compact detail): the closes that
+                    # made it notable went to `other`; they belong to this series, which
+                    # is first exposed at its base, so increase() counts them.
+                    grown = bucket.total - bucket.ranked_total
+                    direction.other -= grown
+                    bucket.shown += grown
             value = bucket.base if bucket.exposed is None else bucket.shown
             bucket.exposed = value
             rows.append(Ranked(label, raw, value))
@@ -175,6 +193,9 @@ class TopK:
             rows.append(Ranked(label, None, direction.other - direction.start))
         if not detail.full:
             rows.append(Ranked(FOLDED, None, self.folded))
+        for _, direction in namespaces:
+            for bucket in direction.buckets.values():
+                bucket.ranked_total = bucket.total
         return rows
 
 
