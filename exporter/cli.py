@@ -71,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {DEFAULTS.max_requests})",
     )
     web.add_argument(
+        "--web.max-connections",
+        dest="max_connections",
+        type=int,
+        default=DEFAULTS.max_connections,
+        help="open connections at once; more are closed at once "
+        f"(default {DEFAULTS.max_connections})",
+    )
+    web.add_argument(
         "--web.read-timeout",
         dest="read_timeout",
         type=float,
@@ -222,6 +230,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         telemetry_path=args.telemetry_path,
         web_config_file=Path(args.web_config_file) if args.web_config_file else None,
         max_requests=args.max_requests,
+        max_connections=args.max_connections,
         read_timeout=args.read_timeout,
         idle_timeout=args.idle_timeout,
         log_level=args.log_level,
@@ -335,6 +344,8 @@ def startup_problem(config: Config) -> str:
         return "--metrics.detail-hold must be a number of seconds, 0 or more"
     if config.max_requests < 1:
         return "--web.max-requests must be at least 1"
+    if config.max_connections < 1:
+        return "--web.max-connections must be at least 1"
     for flag, seconds in (
         ("--web.read-timeout", config.read_timeout),
         ("--web.idle-timeout", config.idle_timeout),

@@ -189,6 +189,7 @@ async def _serve(
     limits = WebLimits(
         telemetry_path=config.telemetry_path,
         max_requests=config.max_requests,
+        max_connections=config.max_connections,
         read_timeout=config.read_timeout,
         idle_timeout=config.idle_timeout,
     )

@@ -11,7 +11,10 @@ name rather than ignored (see UNSUPPORTED)."""
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import ssl
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,8 +66,41 @@ TLS_KEYS = {
 }
 
 
+# Read at most this much: a web config is a few hundred bytes; anything near this is not one.
+MAX_FILE_BYTES = 1 << 20
+MAX_DEPTH = 16  # nesting of YAML collections; the format itself needs 4
+# Go's bcrypt (golang.org/x/crypto/bcrypt MinCost, MaxCost): exporter-toolkit refuses a
+# hash of another cost when it loads the file; Python's bcrypt would only fail each login.
+BCRYPT_COSTS = range(4, 32)
+BCRYPT_MAX_PASSWORD = 72  # bytes bcrypt reads; Go's uses the first 72 too
+
+
 class WebConfigError(Exception):
     """The file cannot be used (the message names the key or file)."""
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml's safe loader without aliases (a billion-laughs file expands them) and with
+    bounded nesting (deep nesting exhausts Python's recursion)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise WebConfigError(f"YAML aliases are not allowed (line {event.start_mark.line + 1})")
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise WebConfigError(
+                    f"nested more than {MAX_DEPTH} levels deep (line {mark.line + 1})"
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 @dataclass(frozen=True)
@@ -91,20 +127,45 @@ class WebConfig:
 
 
 def load_web_config(path: Path) -> WebConfig:
+    return parse_web_config(read_config_file(path), path.parent)
+
+
+def read_config_file(path: Path) -> str:
+    """The file's text: a regular file (a FIFO would block, /dev/zero never end) of at
+    most MAX_FILE_BYTES, in UTF-8."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WebConfigError(
-            f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}"
-        ) from None
-    return parse_web_config(text, path.parent)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise WebConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise WebConfigError(f"cannot read {path}: not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_FILE_BYTES:
+            chunk = os.read(fd, MAX_FILE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_FILE_BYTES:
+            raise WebConfigError(f"{path} is larger than {MAX_FILE_BYTES} bytes")
+        return b"".join(chunks).decode("utf-8")
+    except OSError as exc:
+        raise WebConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise WebConfigError(f"cannot read {path}: not UTF-8 text") from None
+    finally:
+        os.close(fd)
 
 
 def parse_web_config(text: str, directory: Path) -> WebConfig:
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         raise WebConfigError(f"not valid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:  # the scanner itself, on pathological input
+        raise WebConfigError(f"nested more than {MAX_DEPTH} levels deep") from None
     if document is None:
         return WebConfig()
     top = _mapping(document, "the file")
@@ -131,7 +192,9 @@ def _tls(value: object, directory: Path) -> TLSSettings | None:
         raise WebConfigError("tls_server_config: missing cert_file")
     if not key:
         raise WebConfigError("tls_server_config: missing key_file")
-    auth = section.get("client_auth_type") or "NoClientCert"
+    auth = _text(
+        section.get("client_auth_type") or "NoClientCert", "tls_server_config.client_auth_type"
+    )
     if auth not in CLIENT_AUTH:
         why = (
             " (it accepts an unverified certificate, which Python's ssl cannot)"
@@ -167,13 +230,14 @@ def _tls(value: object, directory: Path) -> TLSSettings | None:
         verify_mode=CLIENT_AUTH[auth],
         min_version=low,
         max_version=high,
-        client_allowed_sans=frozenset(sans) if sans is not None else None,
+        client_allowed_sans=frozenset(canonical_san(s) for s in sans) if sans is not None else None,
     )
 
 
 def _version(value: object, key: str, default: ssl.TLSVersion) -> ssl.TLSVersion:
     if value is None:
         return default
+    value = _text(value, f"tls_server_config.{key}")
     if value not in TLS_VERSIONS:
         raise WebConfigError(
             f"tls_server_config.{key}: unknown TLS version {value!r} "
@@ -191,6 +255,11 @@ def _users(value: object) -> dict[str, bytes]:
         cost, _, digest = rest.partition("$")
         if prefix not in ("2a", "2b", "2y") or not cost.isdigit() or len(digest) != 53:
             raise WebConfigError(f"basic_auth_users.{user}: not a bcrypt hash")
+        if int(cost) not in BCRYPT_COSTS:
+            raise WebConfigError(
+                f"basic_auth_users.{user}: bcrypt cost {int(cost)} is outside "
+                f"{BCRYPT_COSTS.start}-{BCRYPT_COSTS.stop - 1}"
+            )
         users[str(user)] = text.encode()
     return users
 
@@ -210,6 +279,20 @@ def _headers(value: object) -> dict[str, str]:
             raise WebConfigError(f"HTTP header {name}: the value holds a line break")
         headers[name] = text
     return headers
+
+
+def canonical_san(value: str) -> str:
+    """An IP address SAN as Python's ssl reports it (IPv6 written out in full, as
+    0:0:0:0:0:0:0:1, upper case hex), so that a file written for exporter-toolkit (Go
+    compares parsed addresses) matches; other names as given."""
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return value
+    if address.version == 4:
+        return str(address)
+    packed = address.packed  # CPython's _ssl.c prints each 16-bit group with %X
+    return ":".join(f"{int.from_bytes(packed[i : i + 2], 'big'):X}" for i in range(0, 16, 2))
 
 
 def _mapping(value: object, where: str) -> dict[str, Any]:

@@ -86,12 +86,13 @@ class WebReloader:
             self._seen = stamp
             try:
                 loaded = load_web(self.path)
-            except WebConfigError as exc:
+            except Exception as exc:  # any bad file: the watcher must live on
+                error = str(exc) if isinstance(exc, WebConfigError) else repr(exc)
                 log.error(
                     "web config reload failed, keeping the last good one",
                     file=str(self.path),
                     reason=reason,
-                    error=str(exc),
+                    error=error,
                 )
                 return
             self._files = self._watched(loaded)

@@ -5,11 +5,16 @@ the telemetry path, /healthz, /readyz and a landing page; GET and HEAD only.
   TIME-WAIT socket on the node).
 - A scrape copies bytes rendered once per poll (exposition.py): nothing is rendered or
   read from disk on the loop.
-- Bounded: at most --web.max-requests telemetry requests at once (the rest get 503 at
-  once); request line and header fields up to 8 KiB, 100 header fields; a request head
-  must arrive within --web.read-timeout of its first byte (or of the connect), a response
+- Bounded: at most --web.max-connections open connections (more are closed at once) and
+  --web.max-requests telemetry requests at once (the rest get 503 at once); a request
+  head of at most MAX_HEAD_BYTES (request line and each header field up to 8 KiB, 100
+  header fields), so memory is bounded whatever clients send (docs/security.md); a TLS
+  handshake and then each request head must arrive within --web.read-timeout, a response
   must be taken within WRITE_TIMEOUT, and an idle keep-alive connection is closed after
   --web.idle-timeout.
+- Bad requests get a bare status line (no version, nothing of the request echoed) and
+  one log line per kind per minute with a count; TLS handshake failures one debug line
+  per peer with OpenSSL's reason.
 - TLS, basic auth and extra headers from --web.config.file (webconfig.py); /healthz and
   /readyz are exempt from auth, as they say nothing but ok or stale.
 """
@@ -17,11 +22,14 @@ the telemetry path, /healthz, /readyz and a landing page; GET and HEAD only.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import contextlib
 import html
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from http import HTTPStatus
+from typing import Any, cast
 
 import structlog
 from aiohttp import hdrs, web
@@ -31,6 +39,7 @@ from prometheus_client.exposition import gzip_accepted
 from exporter import __version__
 from exporter.config import DEFAULTS
 from exporter.engine.exposition import Exposition
+from exporter.log import Throttled
 from exporter.web.auth import BasicAuth
 from exporter.web.reload import LoadedWeb
 from exporter.web.tls import ServerTLS, Shape
@@ -40,6 +49,11 @@ log = structlog.get_logger("timewait_exporter.server")
 WRITE_TIMEOUT = 30.0
 MAX_LINE_BYTES = 8190  # request line and each header field (aiohttp's parser limits)
 MAX_HEADERS = 100
+# A whole request head (Prometheus sends about 300 bytes). aiohttp's own limits allow
+# 100 fields of 8 KiB each, 800 KiB a connection: this caps what one can make us hold.
+MAX_HEAD_BYTES = 16 << 10
+SERVER = "timewait-exporter"
+noisy = Throttled(log)
 HEALTH_PATHS = ("/healthz", "/readyz")
 Readiness = Callable[[], tuple[bool, str]]
 
@@ -57,6 +71,7 @@ def parse_listen_address(address: str) -> tuple[str | None, int]:
 class WebLimits:
     telemetry_path: str = DEFAULTS.telemetry_path
     max_requests: int = DEFAULTS.max_requests
+    max_connections: int = DEFAULTS.max_connections
     read_timeout: float = DEFAULTS.read_timeout
     idle_timeout: float = DEFAULTS.idle_timeout
 
@@ -67,25 +82,85 @@ class _Connection(RequestHandler):
     connections idle between requests, and a slowloris client is never idle."""
 
     read_timeout = DEFAULTS.read_timeout  # set per server from WebLimits
+    counts: dict[str, int]  # the server's open connections, shared
     _head_timer: asyncio.TimerHandle | None = None
     _between_requests = True
+    _head_bytes = 0
+    _counted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.counts["open"] >= self.counts["max"]:
+            noisy.note(
+                "warning",
+                "too many connections: closed at once",
+                "max-connections",
+                limit=self.counts["max"],
+                peer=_peer(transport),
+            )
+            cast(asyncio.Transport, transport).abort()
+            return
+        self.counts["open"] += 1
+        self._counted = True
         super().connection_made(transport)
         self._arm()
 
     def data_received(self, data: bytes) -> None:
-        if self._between_requests and self._head_timer is None:
-            self._arm()
+        if self._between_requests:
+            if self._head_timer is None:
+                self._arm()
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                noisy.note(
+                    "warning",
+                    "request head too large: connection closed",
+                    "head-too-large",
+                    limit=MAX_HEAD_BYTES,
+                    peer=_peer(self.transport),
+                )
+                if self.transport is not None:
+                    self.transport.write(
+                        b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                        b"Server: " + SERVER.encode() + b"\r\n"
+                        b"Connection: close\r\nContent-Length: 0\r\n\r\n"
+                    )
+                self.force_close()
+                return
         super().data_received(data)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
-        super().connection_lost(exc)
+        if self._counted:
+            self._counted = False
+            self.counts["open"] -= 1
+            super().connection_lost(exc)
 
     def request_started(self) -> None:
         self._between_requests = False
+        self._head_bytes = 0
         self._disarm()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """A request aiohttp could not parse or serve: a bare status line, nothing of the
+        request echoed, and one log line per kind of error per minute."""
+        kind = type(exc).__name__ if exc is not None else str(status)
+        noisy.note("warning", "bad request", kind, status=status, peer=request.remote or "")
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response had started")
+        phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+        response = web.Response(
+            status=status,
+            text=f"{status} {phrase}\n",
+            headers={hdrs.SERVER: SERVER, hdrs.CONNECTION: "close"},
+            content_type="text/plain",
+        )
+        response.force_close()
+        return response
 
     def request_finished(self) -> None:
         self._between_requests = True
@@ -115,10 +190,82 @@ class _LowLevelServer(web.Server):
         super().__init__(handler, **kwargs)
         self._read_timeout = read_timeout
 
+    counts: dict[str, int]
+
     def __call__(self) -> RequestHandler:
         connection = _Connection(self, loop=self._loop, **self._kwargs)
         connection.read_timeout = self._read_timeout
+        connection.counts = self.counts
         return connection
+
+
+class _Handshake(asyncio.Protocol):
+    """Becomes a TLS connection: asyncio's SSLProtocol over the accepted transport, as
+    loop.create_server(ssl=...) would make, with two differences: the handshake must end
+    within --web.read-timeout (asyncio's default is 60 s), and a failed one is logged
+    once per peer at debug with OpenSSL's reason (neither asyncio nor uvloop logs it).
+    asyncio's SSLProtocol, not uvloop's: uvloop's start_tls waits out the timeout on a
+    plain HTTP request instead of refusing it at once (OpenSSL's HTTP_REQUEST)."""
+
+    def __init__(self, server: _LowLevelServer, context: Callable[[], ssl.SSLContext | None]):
+        self._server = server
+        self._context = context
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        context = self._context()
+        if context is None:
+            transport.close()
+            return
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        tls = asyncio.sslproto.SSLProtocol(
+            loop,
+            self._server(),
+            context,
+            waiter,
+            server_side=True,
+            call_connection_made=True,
+            ssl_handshake_timeout=self._server._read_timeout,  # type: ignore[arg-type]
+        )
+        transport.set_protocol(tls)
+        tls.connection_made(transport)
+        peer = _peer(transport)
+        waiter.add_done_callback(lambda done: _handshake_done(done, peer))
+
+
+def _handshake_done(done: asyncio.Future[None], peer: str) -> None:
+    exc = None if done.cancelled() else done.exception()
+    if exc is None:
+        return
+    reason = exc.reason if isinstance(exc, ssl.SSLError) else None
+    if noisy.first_from(peer.rpartition(":")[0]):
+        log.debug(
+            "TLS handshake failed", peer=peer, reason=reason or f"{type(exc).__name__}: {exc}"
+        )
+
+
+class _Site(web.TCPSite):
+    """aiohttp's TCP site, with TLS handshakes done by _Handshake."""
+
+    def __init__(self, *args: Any, context: Callable[[], ssl.SSLContext | None], **kw: Any):
+        super().__init__(*args, **kw)
+        self._tls_context = context
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert isinstance(server, _LowLevelServer)
+        loop = asyncio.get_running_loop()
+        factory: Callable[[], asyncio.BaseProtocol] = server
+        if self._tls_context() is not None:
+            factory = lambda: _Handshake(server, self._tls_context)  # noqa: E731
+        self._server = await loop.create_server(
+            factory,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+        )
 
 
 class MetricsServer:
@@ -169,6 +316,7 @@ class MetricsServer:
             max_headers=MAX_HEADERS,
             access_log=None,
         )
+        server.counts = {"open": 0, "max": self.limits.max_connections}
         self._runner = web.ServerRunner(server, handle_signals=False)
         await self._runner.setup()
         await self._listen()
@@ -177,9 +325,13 @@ class MetricsServer:
     async def _listen(self) -> None:
         assert self._runner is not None
         host, port = self._address
-        context = self.tls.listener_context if self.tls else None
-        site = web.TCPSite(
-            self._runner, host, port, ssl_context=context, reuse_address=True, backlog=1024
+        site = _Site(
+            self._runner,
+            host,
+            port,
+            reuse_address=True,
+            backlog=1024,
+            context=lambda: self.tls.listener_context if self.tls else None,
         )
         await site.start()
         self._sites.append(site)
@@ -231,7 +383,7 @@ class MetricsServer:
         return response
 
     async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
-        headers = {hdrs.SERVER: "timewait-exporter", **self.web.headers}
+        headers = {hdrs.SERVER: SERVER, **self.web.headers}
         if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
             return _text(405, "method not allowed\n", headers, Allow="GET, HEAD")
         path = request.path
@@ -240,7 +392,9 @@ class MetricsServer:
         if (
             path not in HEALTH_PATHS
             and self.auth.enabled
-            and not await self.auth.allows(request.headers.get(hdrs.AUTHORIZATION))
+            and not await self.auth.allows(
+                request.headers.get(hdrs.AUTHORIZATION), request.remote or ""
+            )
         ):
             return _text(
                 401,

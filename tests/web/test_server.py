@@ -244,6 +244,7 @@ def test_requests_beyond_max_requests_get_503_at_once(netns: Netns) -> None:
             "--poll.interval=60",
             "--web.max-requests=1",
             "--buckets.top=5000",
+            "--metrics.detail=full",  # every bucket a series: a 1 MB body
             prefix=("ip", "netns", "exec", netns.name),
             port=port,
             ready_path="/readyz",
