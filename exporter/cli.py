@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="RATIO",
-        help="report: exit 3 when any outbound bucket's used/capacity reaches RATIO",
+        help="report: exit 3 when any outbound bucket's used/capacity reaches RATIO, or "
+        "when any connect() failed with EADDRNOTAVAIL during the window",
     )
     logs = parser.add_argument_group("logging")
     logs.add_argument("--log.level", dest="log_level", default="info", choices=log.LEVELS)
@@ -266,8 +267,9 @@ def parse_window(text: str) -> float:
 
 
 def report(config: Config, window: float, fmt: str, fail_on: float | None) -> int:
-    """Two polls `window` apart, the diagnosis on stdout. Exit 3 when a bucket's ratio
-    reaches --fail-on, 1 when no source at all could be read, else 0."""
+    """Two polls `window` apart, the diagnosis on stdout. With --fail-on, exit 3 when a
+    bucket's ratio reaches it or a connect() failed with EADDRNOTAVAIL in the window; 1
+    when no source at all could be read; else 0."""
     from exporter.report import engine, render_json, render_text
 
     first, second, events = engine.observe(config, window)
