@@ -1,14 +1,22 @@
 """The real Prometheus server (Debian's) scrapes the real daemon every second inside a
 namespace built for the test, with the rules the mixin generates (their `for:` shortened
-by the test's own MixinConfig), while a client really exhausts a destination's ports:
+by the test's own MixinConfig), while a client really exhausts a destination's ports.
+The daemon runs with its default --metrics.detail=compact:
 
-1. a client loops connect() toward one destination until EADDRNOTAVAIL, and goes on
-   failing: the exhaustion alert must reach *firing* while connects fail, naming the
-   destination; then every panel and variable query of every dashboard must return data
-   (a few are listed with the reason they legitimately return nothing here); then the
-   poll is frozen in a blocking read and the stale alert must fire;
-2. clients that bind() before connect(): the same alert must fire;
-3. a client paced at 90 % of the rate its ports sustain: the connection-rate alert, which
+1. among 100 quiet namespaces (a listener, a few connections; CROWD), a pod's namespace
+   (a pause process in the pod's cgroup, the pod's log directory) whose client loops
+   connect() toward one destination until EADDRNOTAVAIL, and goes on failing: the
+   exhaustion alert must reach *firing* while connects fail, naming the destination and
+   the pod; the node's series stay within budget and a quiet namespace shows only its 7;
+   then every panel and variable query of every dashboard must return data (a few are
+   listed with the reason they legitimately return nothing here); then the poll is frozen
+   in a blocking read and the stale alert must fire;
+2. among the same 100, a namespace that is quiet (tcp_max_tw_buckets as small as its
+   peers', no problem counter moving) until a burst of closes overflows its TIME-WAIT
+   table: the overflow alert must fire, from the counter's first exposure at its previous
+   value (0) under a real rate();
+3. clients that bind() before connect(): the same exhaustion alert must fire;
+4. a client paced at 90 % of the rate its ports sustain: the connection-rate alert, which
    reads the socket-destroy counters, must fire while every connect() still succeeds.
 """
 
@@ -33,11 +41,17 @@ from typing import Any
 
 import pytest
 
+from exporter.netns.context import raise_fd_limit
+from exporter.sources import netstat
 from mixin import dashboards
 from mixin.config import Durations, MixinConfig
 from mixin.generate import generate
-from tests.kernel import Netns
+from tests.conftest import require_kernel, skip_or_fail
+from tests.engine.test_detail import QUIET_SET
+from tests.engine.test_poller import cgroup_roots, in_cgroup
+from tests.kernel import Netns, new_netns, time_wait_pairs
 from tests.serving import free_port
+from tests.test_cardinality import pod_shaped
 from tests.test_daemon import hang_slab_reads
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +59,17 @@ EXHAUSTION = "TcpEphemeralPortExhaustion"
 RATE = "TcpConnectionRateNearSustainable"
 RATE_RATIO = "tcptw:outbound_connection_rate_sustainable:ratio"
 STALE = "TimewaitExporterStale"
+OVERFLOW = "TcpTimeWaitOverflow"
+CROWD = 100  # quiet namespaces beside the ones under test
+# tcp_max_tw_buckets of the crowd, and of the namespace that overflows (alike, so that the
+# sysctl alone does not make it notable); the crowd's 5 TIME-WAIT sockets stay below half.
+TW_BUCKETS = 16
+# The node's tcptw_* series with the crowd, the namespaces under test and the fold rows:
+# 7 per quiet namespace, the rest for the few shown in full (the budget of
+# tests/test_cardinality.py, 2,500 for 250 pods, scaled down).
+SERIES_BUDGET = 1_500
+# The pod that the exhausted namespace belongs to: (namespace, name, uid).
+POD = ("team-a", "client-0", "3f1c2a9e-8b7d-4c1e-9a2b-5d6e7f8a9b0c")
 FAST = MixinConfig(
     smoothing_window="30s",
     rate_window="20s",
@@ -63,7 +88,6 @@ FAST = MixinConfig(
 EMPTY_HERE = {
     "paws_passive": "TcpExt PAWSPassive is absent since Linux 4.12",
     "tw_recycle": "net.ipv4.tcp_tw_recycle is absent since Linux 4.12",
-    ", k8s_pod_name)": "the pod variable: no pods outside Kubernetes, every pod label is empty",
     ", cluster)": "the cluster variable: a single Prometheus adds no cluster label",
 }
 
@@ -97,6 +121,17 @@ class Stack:
             a["metric"] for a in self.query(f'ALERTS{{alertname="{name}", alertstate="{state}"}}')
         ]
 
+    def wait_until_shown_in_full(self, label: str) -> None:
+        """Until the namespace is polled, shown in full and its socket-destroy events are
+        counted: a client started before would see its first closes uncounted (the daemon's
+        first poll, which opens every namespace, can end after the first scrape), or summed
+        into the netns="" fold (its buckets have series of their own once it is shown)."""
+        self.wait_for(
+            f"{label} shown in full",
+            lambda: self.query(f'tcptw_socket_events_up{{netns="{label}"}} == 1'),
+            30,
+        )
+
     def wait_for(self, what: str, predicate: Any, timeout: float) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -109,7 +144,12 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack(netns: Netns, directory: Path, *daemon_args: str) -> Iterator[Stack]:
+def stack(
+    netns: Netns, directory: Path, *daemon_args: str, watch: list[str] | None = None
+) -> Iterator[Stack]:
+    """Prometheus and the daemon in `netns`; the daemon polls `netns` alone (--netns=self),
+    or the namespaces labelled `watch` (--netns=<labels>: not every namespace of the
+    machine, where other tests make and drop their own)."""
     prometheus = shutil.which("prometheus")
     if prometheus is None:
         if os.environ.get("CI") == "true":
@@ -137,7 +177,7 @@ def stack(netns: Netns, directory: Path, *daemon_args: str) -> Iterator[Stack]:
                 "-m",
                 "exporter",
                 "serve",
-                "--netns=self",
+                "--netns=self" if watch is None else f"--netns={','.join(watch)}",
                 "--poll.interval=1",
                 f"--web.listen-address=127.0.0.1:{s.exporter_port}",
                 *daemon_args,
@@ -238,6 +278,51 @@ def exhaustion_netns(netns: Netns, ports: int = 100) -> tuple[str, int]:
     return ("127.0.0.2", 8080)
 
 
+@pytest.fixture(scope="module")
+def crowd() -> Iterator[list[Netns]]:
+    """CROWD quiet namespaces, made once for the module (about 5 s): each a listener on
+    127.0.0.1:8080, 3 connections held and 5 closed (5 TIME-WAIT sockets, gone after 60 s),
+    tcp_max_tw_buckets TW_BUCKETS. Nothing in them is notable."""
+    require_kernel()
+    raise_fd_limit()  # about 12 sockets held per namespace
+    with contextlib.ExitStack() as namespaces:
+        quiet = [namespaces.enter_context(new_netns("twq")) for _ in range(CROWD)]
+        for namespace in quiet:
+            namespace.sysctl("net.ipv4.tcp_max_tw_buckets", str(TW_BUCKETS))
+            pod_shaped(namespace)
+        yield quiet
+
+
+@contextlib.contextmanager
+def as_pod(netns: Netns, logs: Path) -> Iterator[str]:
+    """Make `netns` a pod's, as kubelet leaves it on a node: a process in it (the pause
+    container's) in the pod's cgroup, and the pod's directory under kubelet's log directory
+    (`logs`, the daemon's --path.pod-logs). Yields the namespace's netns label."""
+    namespace, name, uid = POD
+    (logs / f"{namespace}_{name}_{uid}").mkdir(parents=True)
+    roots = cgroup_roots()
+    container = "cri-containerd-" + "6a5b4c3d2e1f" * 5 + "6a5b"
+    if "v2" in roots:  # systemd driver, Burstable QoS
+        pod = f"kubepods-burstable-pod{uid.replace('-', '_')}.slice"
+        cgroup = (
+            roots["v2"] / "kubepods.slice/kubepods-burstable.slice" / pod / f"{container}.scope"
+        )
+    elif "v1-pids" in roots:  # cgroupfs driver
+        cgroup = roots["v1-pids"] / "kubepods" / "burstable" / f"pod{uid}" / container
+    else:
+        skip_or_fail(f"no cgroup hierarchy to place a pod's process in: {roots}")
+    with contextlib.ExitStack() as cleanup:
+        pause = subprocess.Popen(["ip", "netns", "exec", netns.name, "sleep", "infinity"])
+        cleanup.enter_context(in_cgroup(cgroup, pause.pid))  # removed once it has exited
+        cleanup.callback(pause.wait)
+        cleanup.callback(pause.kill)
+        yield f"{namespace}/{name}"
+
+
+def labels_of(s: Stack, selector: str) -> list[dict[str, str]]:
+    return [row["metric"] for row in s.query(selector)]
+
+
 def query_has_data(s: Stack, expr: str) -> bool:
     match = dashboards_label_values(expr)
     if match is not None:
@@ -259,106 +344,217 @@ def dashboards_label_values(expr: str) -> tuple[str, str] | None:
 
 
 def test_exhaustion_fires_dashboards_have_data_and_a_hung_poll_goes_stale(
-    netns: Netns, tmp_path: Path
+    netns: Netns, tmp_path: Path, crowd: list[Netns]
 ) -> None:
-    destination = exhaustion_netns(netns)
+    """Among CROWD quiet namespaces. The exhausted one is notable from the first poll (its
+    100-port range is unlike most namespaces'), so its buckets are counted in their own
+    series from the start."""
     sysfs = tmp_path / "sys"
     (sysfs / "kernel" / "slab").mkdir(parents=True)
-    with (
-        stack(netns, tmp_path, f"--path.sysfs={sysfs}") as s,
-        Client(netns, destination).running() as client,
-    ):
-        firing = s.wait_for(
-            f"{EXHAUSTION} firing",
-            lambda: [a for a in s.alerts(EXHAUSTION) if a.get("severity") == "critical"],
-            90,
-        )
-        assert client.failed > 0  # connects were failing while it fired
-        alert = firing[0]
-        assert alert["netns"] == netns.name
-        assert (alert["remote_addr"], alert["remote_port"]) == ("127.0.0.2", "8080")
-        assert alert["local_addr"] == "127.0.0.1"
+    logs = tmp_path / "pods"
+    with new_netns("twp") as exhausted, as_pod(exhausted, logs) as pod:
+        destination = exhaustion_netns(exhausted)
+        watch = [*(quiet.name for quiet in crowd), pod, netns.name]
+        with stack(
+            netns, tmp_path, f"--path.sysfs={sysfs}", f"--path.pod-logs={logs}", watch=watch
+        ) as s:
+            s.wait_until_shown_in_full(pod)
+            with Client(exhausted, destination).running() as client:
+                check_exhaustion_stack(s, client, netns, pod, crowd)
 
-        # The socket-destroy counter holds every connection the client made and closed
-        # (its ports now sit in TIME-WAIT), and the rate alert read it (method="events").
-        bucket = '{remote_addr="127.0.0.2", remote_port="8080"}'
 
-        def counted() -> bool:
-            found = s.query(f"sum(tcptw_outbound_connections_closed_total{bucket})")
-            return bool(found) and float(found[0]["value"][1]) == client.connected
+def check_exhaustion_stack(
+    s: Stack, client: Client, netns: Netns, pod: str, crowd: list[Netns]
+) -> None:
+    firing = s.wait_for(
+        f"{EXHAUSTION} firing",
+        lambda: [a for a in s.alerts(EXHAUSTION) if a.get("severity") == "critical"],
+        90,
+    )
+    assert client.failed > 0  # connects were failing while it fired
+    assert len(firing) == 1, firing
+    alert = firing[0]
+    assert alert["netns"] == pod
+    assert (alert["k8s_namespace_name"], alert["k8s_pod_name"]) == POD[:2]
+    assert (alert["remote_addr"], alert["remote_port"]) == ("127.0.0.2", "8080")
+    assert alert["local_addr"] == "127.0.0.1"
 
-        s.wait_for("the client's closes counted exactly", counted, 30)
-        # What the rate alert compares (it fires in the paced-client test below).
-        ratio = s.wait_for(
-            "the sustainable-rate ratio from the counters",
-            # Present once the rate has two samples; its value may be 0 for a while (the
-            # burst can land before the series' first scrape, and the ports stay in
-            # TIME-WAIT for 60 s).
-            lambda: s.query(f"tcptw:outbound_connection_rate_sustainable:ratio{bucket}"),
-            30,
-        )
-        assert ratio[0]["metric"]["method"] == "events"
+    # The price: every namespace polled, 7 series for a quiet one, the node within budget.
+    polled = s.query("sum(tcptw_poll_namespaces)")
+    assert float(polled[0]["value"][1]) == CROWD + 2, polled
+    quiet = {
+        m["__name__"] for m in labels_of(s, f'{{__name__=~"tcptw_.+", netns="{crowd[0].name}"}}')
+    }
+    assert quiet == QUIET_SET
+    total = int(s.query('count({__name__=~"tcptw_.+"})')[0]["value"][1])
+    print(f"{total} tcptw_* series for {CROWD + 2} namespaces")
+    assert total <= SERIES_BUDGET, f"{total} series"
+    # Shown in full: the exhausted namespace and the monitoring one (its sysctls are the
+    # kernel's defaults, unlike the crowd's tcp_max_tw_buckets).
+    detailed = s.query("tcptw_netns_detailed")
+    assert float(detailed[0]["value"][1]) == 2, detailed
 
-        missing = []
-        values = {
-            "job": "timewait-exporter",
-            "instance": f"127.0.0.1:{s.exporter_port}",
-            "netns": netns.name,
-        }
-        for board in (dashboards.fleet(FAST), dashboards.node(FAST)):
-            for title, expr in dashboards.queries(board):
-                concrete = dashboards.substitute(expr, values)
-                if not query_has_data(s, concrete):
-                    reason = next((r for k, r in EMPTY_HERE.items() if k in concrete), None)
-                    if reason is None:
-                        missing.append(f"{board['title']} / {title}: {concrete}")
-        assert missing == [], "queries without data:\n" + "\n".join(missing)
+    # The socket-destroy counter holds every connection the client made and closed
+    # (its ports now sit in TIME-WAIT), and the rate alert read it (method="events").
+    bucket = '{remote_addr="127.0.0.2", remote_port="8080"}'
 
-        hang_slab_reads(sysfs)  # the next poll blocks in a read of a FIFO
-        stale = s.wait_for(f"{STALE} firing", lambda: s.alerts(STALE), 60)
-        assert stale[0]["instance"] == f"127.0.0.1:{s.exporter_port}"
-        assert s.query('up{job="timewait-exporter"} == 1')  # it still answers scrapes
+    def counted() -> bool:
+        found = s.query(f"sum(tcptw_outbound_connections_closed_total{bucket})")
+        return bool(found) and float(found[0]["value"][1]) == client.connected
+
+    s.wait_for("the client's closes counted exactly", counted, 30)
+    # What the rate alert compares (it fires in the paced-client test below).
+    ratio = s.wait_for(
+        "the sustainable-rate ratio from the counters",
+        # Present once the rate has two samples; its value may be 0 for a while (the
+        # burst can land before the series' first scrape, and the ports stay in
+        # TIME-WAIT for 60 s).
+        lambda: s.query(f"tcptw:outbound_connection_rate_sustainable:ratio{bucket}"),
+        30,
+    )
+    assert ratio[0]["metric"]["method"] == "events"
+
+    missing = []
+    values = {
+        "job": "timewait-exporter",
+        "instance": f"127.0.0.1:{s.exporter_port}",
+        # Both namespaces shown in full: the pod's (outbound) and the monitoring one,
+        # where Prometheus scrapes and is queried (inbound), as a multi-value $netns.
+        "netns": f"({pod}|{netns.name})",
+        "pod": POD[1],
+    }
+    for board in (dashboards.fleet(FAST), dashboards.node(FAST)):
+        for title, expr in dashboards.queries(board):
+            concrete = dashboards.substitute(expr, values)
+            if not query_has_data(s, concrete):
+                reason = next((r for k, r in EMPTY_HERE.items() if k in concrete), None)
+                if reason is None:
+                    missing.append(f"{board['title']} / {title}: {concrete}")
+    assert missing == [], "queries without data:\n" + "\n".join(missing)
+
+    # With every namespace selected ($netns All is .*, which matches netns=""): no
+    # per-namespace row is the compact fold's nameless one (Prometheus drops the empty
+    # label), while node totals count the quiet namespaces through it.
+    nameless = []
+    states: dict[str, float] = {}
+    everything = {"job": "timewait-exporter", "instance": f"127.0.0.1:{s.exporter_port}"}
+    for board in (dashboards.fleet(FAST), dashboards.node(FAST)):
+        for title, expr in dashboards.queries(board):
+            concrete = dashboards.substitute(expr, everything)
+            if dashboards_label_values(concrete) is not None:
+                continue
+            found = s.query(concrete)
+            rows = [row["metric"] for row in found]
+            if any("netns" in row for row in rows) and any("netns" not in row for row in rows):
+                nameless.append(f"{board['title']} / {title}: {concrete}")
+            if title == "Sockets by state":
+                states = {row["metric"]["state"]: float(row["value"][1]) for row in found}
+    assert nameless == [], "per-namespace rows without a namespace:\n" + "\n".join(nameless)
+    assert states["established"] >= 6 * CROWD, states  # 3 pairs in each quiet namespace
+
+    hang_slab_reads(s.directory / "sys")  # the next poll blocks in a read of a FIFO
+    stale = s.wait_for(f"{STALE} firing", lambda: s.alerts(STALE), 60)
+    assert stale[0]["instance"] == f"127.0.0.1:{s.exporter_port}"
+    assert s.query('up{job="timewait-exporter"} == 1')  # it still answers scrapes
+
+
+def test_overflow_fires_for_a_namespace_quiet_until_its_counter_moved(
+    netns: Netns, tmp_path: Path, crowd: list[Netns]
+) -> None:
+    """A namespace like the crowd's (tcp_max_tw_buckets TW_BUCKETS, as theirs) shows only
+    its 7 series until 40 closes overflow its TIME-WAIT table. Then it is notable, and its
+    TCPTimeWaitOverflow series first appears at the previous poll's value, 0, then at the
+    kernel's: rate() in the recording rule sees the whole move and the alert fires.
+    The daemon polls every 2 s while Prometheus scrapes every second, so that the first
+    exposure, which lasts one poll, is scraped (a scrape interval as long as the poll
+    interval can miss it)."""
+    name = "tcptw_tcpext_tcp_time_wait_overflow_total"
+    with new_netns("twv") as overflowing:
+        overflowing.sysctl("net.ipv4.tcp_max_tw_buckets", str(TW_BUCKETS))
+        listener = overflowing.listen("127.0.0.1", 8080)
+        label = overflowing.name
+        watch = [*(quiet.name for quiet in crowd), label, netns.name]
+        with stack(netns, tmp_path, "--poll.interval=2", watch=watch) as s:
+            s.wait_for(
+                "the namespace polled quietly",
+                lambda: s.query(
+                    f'count_over_time(tcptw_sockstat_tcp_tw{{netns="{label}"}}[1m]) >= 4'
+                ),
+                30,
+            )
+            shown = {
+                m["__name__"] for m in labels_of(s, f'{{__name__=~"tcptw_.+", netns="{label}"}}')
+            }
+            assert shown == QUIET_SET  # quiet: no overflow series of its own yet
+            time_wait_pairs(overflowing, listener, 40)  # the client closes first
+            kernel = netstat.parse_netstat(overflowing.read("net/netstat"))
+            overflowed = kernel["TCPTimeWaitOverflow"]
+            assert overflowed == 40 - TW_BUCKETS, kernel
+
+            firing = s.wait_for(f"{OVERFLOW} firing", lambda: [a for a in s.alerts(OVERFLOW)], 60)
+            assert [a["netns"] for a in firing] == [label], firing  # not the fold's netns=""
+            # Its series: first the previous poll's value, then the kernel's.
+            data = s.api("query", query=f'{name}{{netns="{label}"}}[5m]')
+            assert len(data["result"]) == 1, data
+            values = [float(v) for _, v in data["result"][0]["values"]]
+            assert values[0] == 0 and values[-1] == overflowed, values
+            # The node-wide fold never held it (the move showed in the namespace's series).
+            fold = s.query(f'max_over_time({name}{{netns=""}}[5m])')
+            assert float(fold[0]["value"][1]) == 0, fold
 
 
 def test_exhaustion_fires_for_clients_that_bind_before_connect(
     netns: Netns, tmp_path: Path
 ) -> None:
-    destination = exhaustion_netns(netns)
-    with (
-        stack(netns, tmp_path) as s,
-        Client(netns, destination, bind_first=True).running() as client,
-    ):
-        firing = s.wait_for(
-            f"{EXHAUSTION} firing",
-            lambda: [a for a in s.alerts(EXHAUSTION) if a.get("severity") == "critical"],
-            90,
-        )
-        assert client.failed > 0
-        assert firing[0]["netns"] == netns.name
+    """The client in a namespace of its own: bound ports are taken whatever the
+    destination, so in the monitoring namespace they would starve Prometheus's scrapes and
+    the test's queries too."""
+    with new_netns("twb") as clients:
+        destination = exhaustion_netns(clients)
+        with stack(netns, tmp_path, watch=[clients.name, netns.name]) as s:
+            s.wait_for(
+                "the clients' namespace polled",
+                lambda: labels_of(s, f'tcptw_netns_info{{netns="{clients.name}"}}'),
+                30,
+            )
+            with Client(clients, destination, bind_first=True).running() as client:
+                firing = s.wait_for(
+                    f"{EXHAUSTION} firing",
+                    lambda: [a for a in s.alerts(EXHAUSTION) if a.get("severity") == "critical"],
+                    90,
+                )
+                assert client.failed > 0
+                assert firing[0]["netns"] == clients.name
 
 
 def test_connection_rate_alert_fires_from_the_counters_before_ports_run_out(
-    netns: Netns, tmp_path: Path
+    netns: Netns, tmp_path: Path, crowd: list[Netns]
 ) -> None:
     """600 ports sustain 600 / 60 = 10 connections a second toward one destination; a
     client paced at 9/s, closing first, is at 90 %. Within 60 s it holds at most 540
     ports, so no connect() fails and the exhaustion alert cannot fire; the rate alert must,
-    from the socket-destroy counters (method="events") over the rules' 20 s window."""
+    from the socket-destroy counters (method="events") over the rules' 20 s window.
+
+    Among the crowd, whose port range its own is unlike: notable from the first poll, its
+    buckets have series of their own from the first close. (Alone, compact detail would
+    show them only once a bucket reaches half its capacity, after 33 s at 90 %, the closes
+    of the polls before in the netns="" fold: rate() of the bucket's new series then needs
+    a whole window, and the exhaustion warning, at 80 % after 53 s, comes about as soon.)"""
     destination = exhaustion_netns(netns, ports=600)
-    with (
-        stack(netns, tmp_path) as s,
-        Client(netns, destination, per_second=9.0).running() as client,
-    ):
-        firing = s.wait_for(f"{RATE} firing", lambda: s.alerts(RATE), 50)
-        assert client.failed == 0 and client.connected > 0
-        assert s.alerts(EXHAUSTION) == []
-        alert = firing[0]
-        assert alert["netns"] == netns.name and alert["method"] == "events"
-        assert (alert["local_addr"], alert["remote_addr"], alert["remote_port"]) == (
-            "127.0.0.1",
-            "127.0.0.2",
-            "8080",
-        )
-        # (The test's own queries to Prometheus are another bucket, at about 2/s.)
-        ratio = s.query(f'{RATE_RATIO}{{netns="{netns.name}", remote_port="8080"}}')
-        assert len(ratio) == 1 and 0.8 <= float(ratio[0]["value"][1]) <= 1.0, ratio
+    watch = [*(quiet.name for quiet in crowd), netns.name]
+    with stack(netns, tmp_path, watch=watch) as s:
+        s.wait_until_shown_in_full(netns.name)
+        with Client(netns, destination, per_second=9.0).running() as client:
+            firing = s.wait_for(f"{RATE} firing", lambda: s.alerts(RATE), 50)
+            assert client.failed == 0 and client.connected > 0
+            assert s.alerts(EXHAUSTION) == []
+            alert = firing[0]
+            assert alert["netns"] == netns.name and alert["method"] == "events"
+            assert (alert["local_addr"], alert["remote_addr"], alert["remote_port"]) == (
+                "127.0.0.1",
+                "127.0.0.2",
+                "8080",
+            )
+            # (The test's own queries to Prometheus are another bucket, at about 2/s.)
+            ratio = s.query(f'{RATE_RATIO}{{netns="{netns.name}", remote_port="8080"}}')
+            assert len(ratio) == 1 and 0.8 <= float(ratio[0]["value"][1]) <= 1.0, ratio

@@ -226,8 +226,10 @@ def _timewait(c: MixinConfig) -> list[Any]:
             "Connections closed per second",
             "Outbound connections closed per second per node (5-minute rate), counted from the "
             "kernel's socket-destroy events, or estimated as TIME-WAIT sockets / 60 where a "
-            "namespace has no events (method timewait). Each holds its local port 60 s: "
-            "churn toward few destinations is what exhausts ports; pool connections.",
+            'namespace has no events (method timewait); every destination, "other" and the '
+            'quiet namespaces that compact detail sums into netns="" included. Each holds its '
+            "local port 60 s: churn toward few destinations is what exhausts ports; pool "
+            "connections.",
             [
                 Target(
                     f"sum {by(c, 'instance', 'method')} "

@@ -36,10 +36,22 @@ TIME_WAIT = 'state="time_wait"'
 HOST_WIDE = 'netns=""'
 
 
+# --metrics.detail=compact sums the quiet namespaces' counters and sockets into rows
+# labelled netns="": node totals include them; per-namespace lines leave them out (`and`
+# a namespace's info series, which the fold has not) or, for the TcpExt rates (the only
+# per-namespace view of the quiet namespaces' churn), name them.
+QUIET = "quiet namespaces"
+QUIET_NOTE = f' Namespaces that compact detail keeps quiet are summed into one line, "{QUIET}".'
+
+
+def _namespaces(c: MixinConfig) -> str:
+    return f"group {by(c, 'instance', 'netns')} ({sel(c, 'tcptw_netns_info', netns=True)})"
+
+
 def _rate(c: MixinConfig, metric: str, name: str) -> Target:
+    rate = f"sum {by(c, 'instance', 'netns')} (rate({sel(c, metric, netns=True)}{RATE}))"
     return Target(
-        f"sum {by(c, 'instance', 'netns')} (rate({sel(c, metric, netns=True)}{RATE}))",
-        f"{{{{netns}}}} {name}",
+        f'label_replace({rate}, "netns", "{QUIET}", "netns", "")', f"{{{{netns}}}} {name}"
     )
 
 
@@ -51,7 +63,8 @@ def _outbound(c: MixinConfig) -> list[Any]:
     timewait = f"max {k} ({sel(c, 'tcptw_outbound_timewait_sockets', NOT_OTHER, netns=True)})"
     top = f"topk(20, {used})"
     top10 = f"topk(10, {used})"
-    closes = f"max {by(c, *OUTBOUND, 'method')} ({sel(c, outbound_close_rate(c), netns=True)})"
+    rates = sel(c, outbound_close_rate(c), NOT_OTHER, netns=True)
+    closes = f"max {by(c, *OUTBOUND, 'method')} ({rates})"
     netns = by(c, "instance", "netns")
     return [
         graph(
@@ -227,13 +240,15 @@ def _states(c: MixinConfig) -> list[Any]:
         ),
         graph(
             "TIME-WAIT vs tcp_max_tw_buckets",
-            "TIME-WAIT sockets per namespace from sock_diag and from sockstat (which also "
-            "counts orphaned FIN-WAIT-2 minisockets), with tcp_max_tw_buckets dashed. Reaching "
+            "TIME-WAIT sockets per namespace from sock_diag (namespaces shown in full) and "
+            "from sockstat (every namespace; it also counts orphaned FIN-WAIT-2 "
+            "minisockets), with tcp_max_tw_buckets dashed. Reaching "
             "the limit destroys new TIME-WAIT sockets at once (TCPTimeWaitOverflow): raise "
             "the limit or reduce connection churn.",
             [
                 Target(
-                    f"sum {netns} ({sel(c, 'tcptw_sockets', TIME_WAIT, netns=True)})",
+                    f"sum {netns} ({sel(c, 'tcptw_sockets', TIME_WAIT, netns=True)})"
+                    f" and {on(c, 'instance', 'netns')} {_namespaces(c)}",
                     legend(c, "{{netns}} time_wait (sock_diag)"),
                 ),
                 Target(
@@ -257,7 +272,7 @@ def _tcpext(c: MixinConfig) -> list[Any]:
             "Per second: TIME-WAIT sockets expired (TW), taken over by tcp_tw_reuse "
             "(TWRecycled), killed early (TWKilled), and not created because tcp_max_tw_buckets "
             "was full (TCPTimeWaitOverflow). TW tracks the connection close rate; any "
-            "TCPTimeWaitOverflow is bad: raise tcp_max_tw_buckets or reduce churn.",
+            "TCPTimeWaitOverflow is bad: raise tcp_max_tw_buckets or reduce churn." + QUIET_NOTE,
             [
                 _rate(c, "tcptw_tcpext_tw_total", "TW"),
                 _rate(c, "tcptw_tcpext_tw_recycled_total", "TWRecycled"),
@@ -271,7 +286,8 @@ def _tcpext(c: MixinConfig) -> list[Any]:
             "Segments dropped by PAWS (timestamps going backwards) and related checks. "
             "PAWSPassive rising on old kernels with tcp_tw_recycle means clients behind NAT "
             "are being refused: turn tcp_tw_recycle off. PAWSEstab or TSEcrRejected rising "
-            "points to a middlebox rewriting timestamps. PAWSPassive exists only before 4.12.",
+            "points to a middlebox rewriting timestamps. PAWSPassive exists only before 4.12."
+            + QUIET_NOTE,
             [
                 _rate(c, "tcptw_tcpext_paws_passive_total", "PAWSPassive"),
                 _rate(c, "tcptw_tcpext_paws_active_total", "PAWSActive"),
@@ -289,7 +305,7 @@ def _tcpext(c: MixinConfig) -> list[Any]:
             "Connection attempts per second dropped because a listener's accept queue was full "
             "(ListenOverflows) or for any reason (ListenDrops). Above 0: the server accepts too "
             "slowly or its backlog (listen(), net.core.somaxconn) is too small; clients see "
-            "timeouts and retries, which add to their own port pressure.",
+            "timeouts and retries, which add to their own port pressure." + QUIET_NOTE,
             [
                 _rate(c, "tcptw_tcpext_listen_overflows_total", "ListenOverflows"),
                 _rate(c, "tcptw_tcpext_listen_drops_total", "ListenDrops"),
