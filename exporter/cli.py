@@ -3,6 +3,14 @@ one poll's exposition, `timewait-exporter report` a diagnosis from two polls."""
 
 from __future__ import annotations
 
+# ruff: noqa: E402 (the SIGHUP handler goes before the imports)
+import signal
+
+# A SIGHUP (systemd's reload) must never end the process, not even while it starts: the
+# default action terminates it, and the imports below take a good fraction of a second.
+# The daemon installs its own handler (re-read the web config) once its loop runs.
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
 import argparse
 import dataclasses
 import math
@@ -11,6 +19,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
@@ -27,8 +36,20 @@ from exporter.web.server import parse_listen_address
 DEFAULT_POD_LOGS = "/var/log/pods"
 
 
+MIN_POLL_INTERVAL = 0.1  # seconds; below this the poll loop only burns CPU
+TELEMETRY_PATH = re.compile(r"/[A-Za-z0-9._~/-]*")
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line on stderr (and exit 2), as the README promises; --help
+    still prints the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="timewait-exporter",
         description="Prometheus exporter for TCP TIME-WAIT and ephemeral-port exhaustion.",
     )
@@ -340,8 +361,8 @@ def path_problem(args: argparse.Namespace) -> str:
 
 def startup_problem(config: Config) -> str:
     """What makes the flags unusable, checked before anything starts ("" when fine)."""
-    if not math.isfinite(config.poll_interval) or config.poll_interval <= 0:
-        return "--poll.interval must be a positive number of seconds"
+    if not math.isfinite(config.poll_interval) or config.poll_interval < MIN_POLL_INTERVAL:
+        return f"--poll.interval must be at least {MIN_POLL_INTERVAL:g} seconds"
     if not math.isfinite(config.detail_hold) or config.detail_hold < 0:
         return "--metrics.detail-hold must be a number of seconds, 0 or more"
     if config.max_requests < 1:
@@ -356,6 +377,11 @@ def startup_problem(config: Config) -> str:
             return f"{flag} must be a positive number of seconds"
     if not config.telemetry_path.startswith("/"):
         return f"--web.telemetry-path must start with /, got {config.telemetry_path!r}"
+    if not TELEMETRY_PATH.fullmatch(config.telemetry_path):
+        return (
+            f"--web.telemetry-path {config.telemetry_path!r} holds a character a request "
+            "path cannot match (letters, digits and / . _ ~ - only)"
+        )
     if config.telemetry_path in ("/", "/healthz", "/readyz"):
         return f"--web.telemetry-path {config.telemetry_path} is taken by another page"
     if config.collectors is not None and not config.collectors:

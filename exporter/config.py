@@ -37,7 +37,7 @@ class Config:
     telemetry_path: str = "/metrics"
     web_config_file: Path | None = None  # exporter-toolkit web config (TLS, basic auth)
     max_requests: int = 40  # concurrent telemetry requests; more get 503
-    max_connections: int = 256  # open connections; more are closed at once
+    max_connections: int = 1024  # open connections; more are closed at once
     read_timeout: float = 10.0  # seconds to receive a request head
     idle_timeout: float = 120.0  # seconds a keep-alive connection may stay idle
     log_level: str = "info"

@@ -28,6 +28,7 @@ from exporter.engine.collector import SnapshotCollector
 from exporter.engine.exposition import Exposition
 from exporter.engine.poller import Poller
 from exporter.engine.registry import FEEDS
+from exporter.engine.states import describe
 from exporter.thresholds import DEFAULT as THRESHOLDS
 from exporter.web.config import WebConfigError
 from exporter.web.reload import LoadedWeb, WebReloader, load_web
@@ -96,10 +97,13 @@ class PollClock:
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self.completed_at: float | None = None  # time.monotonic()
+        self.nothing_selected = ""  # why the last poll found no namespace to poll
 
     def readiness(self) -> tuple[bool, str]:
         if self.completed_at is None:
             return False, "not ready: no poll has completed yet"
+        if self.nothing_selected:
+            return False, f"not ready: {self.nothing_selected}"
         age = time.monotonic() - self.completed_at
         limit = STALE_INTERVALS * self.interval
         if age >= limit:
@@ -126,19 +130,35 @@ async def poll_forever(
         with busy if busy is not None else contextlib.nullcontext():
             snapshot = poller.poll_once(budget=interval)
         collector.update(dataclasses.replace(snapshot, poll_overruns=overruns))
+        if clock is not None:
+            clock.nothing_selected = (
+                f"no namespace matches --netns ({', '.join(snapshot.missing)})"
+                if snapshot.missing and not snapshot.namespaces
+                else ""
+            )
         if exposition is not None:
             exposition.refresh()
         release_free_memory()
 
+    failing = ""
     while True:
         started = time.monotonic()
         try:
             await in_daemon_thread(functools.partial(poll_and_render, overruns), "poll")
-        except Exception:
-            log.exception("poll failed")
+        except Exception as exc:
+            # No new snapshot: tcptw_last_poll_timestamp_seconds stops moving (the stale
+            # alert) and /readyz turns red once the last good poll is too old.
+            error = describe(exc)
+            if error != failing:
+                log.error("poll failed", error=error)
+            failing = error
+        else:
+            if failing:
+                log.info("polls succeed again")
+            failing = ""
+            if clock is not None:
+                clock.completed_at = time.monotonic()
         finished = time.monotonic()
-        if clock is not None:
-            clock.completed_at = finished
         duration = finished - started
         log.debug("poll done", seconds=round(duration, 4))
         next_start += interval

@@ -59,18 +59,17 @@ class SnapshotCollector(Collector):
         build.add_metric([__version__, platform.python_version()], 1)
         yield build
         if snapshot is None:
+            # No poll has completed (the first one may hang): the staleness signal is
+            # there from the start, at 0, so TimewaitExporterStale fires for it too.
+            yield _interval(self.config)
+            yield GaugeMetricFamily(LAST_POLL_NAME, LAST_POLL_HELP, value=0.0)
             return
         yield from render(snapshot, self.config)
 
 
 def render(snapshot: Snapshot, config: Config) -> Iterator[Metric]:
     yield from _self_metrics(snapshot)
-    yield GaugeMetricFamily(
-        "tcptw_poll_interval_seconds",
-        "--poll.interval: seconds between polls. The exporter is stale (/readyz fails) once "
-        "time() - tcptw_last_poll_timestamp_seconds exceeds 3 of them",
-        value=config.poll_interval,
-    )
+    yield _interval(config)
     yield from _namespaces(snapshot)
     feeds = {result.feed: result.data for result in snapshot.feeds}
     for feed in FEEDS:
@@ -88,6 +87,23 @@ def render(snapshot: Snapshot, config: Config) -> Iterator[Metric]:
                 ]
                 if rows:
                     yield from source.render(rows, config, snapshot.detail)
+
+
+LAST_POLL_NAME = "tcptw_last_poll_timestamp_seconds"
+LAST_POLL_HELP = (
+    "Unix time at which the last complete poll started, 0 before the first completes; a "
+    "value that stops moving means polls hang or fail (the staleness signal: compare with "
+    "tcptw_poll_interval_seconds)"
+)
+
+
+def _interval(config: Config) -> Metric:
+    return GaugeMetricFamily(
+        "tcptw_poll_interval_seconds",
+        "--poll.interval: seconds between polls. The exporter is stale (/readyz fails) once "
+        "time() - tcptw_last_poll_timestamp_seconds exceeds 3 of them",
+        value=config.poll_interval,
+    )
 
 
 def _self_metrics(snapshot: Snapshot) -> Iterator[Metric]:
@@ -115,12 +131,7 @@ def _self_metrics(snapshot: Snapshot) -> Iterator[Metric]:
         "Wall time of the last complete poll of all namespaces and sources",
         value=snapshot.duration_seconds,
     )
-    yield GaugeMetricFamily(
-        "tcptw_last_poll_timestamp_seconds",
-        "Unix time at which the last complete poll started; a value that stops moving "
-        "means polls hang (the staleness signal: compare with tcptw_poll_interval_seconds)",
-        value=snapshot.started_at,
-    )
+    yield GaugeMetricFamily(LAST_POLL_NAME, LAST_POLL_HELP, value=snapshot.started_at)
     yield CounterMetricFamily(
         "tcptw_poll_overruns",
         "Polls that outlasted the poll interval (the next poll was delayed, never overlapped)",
@@ -129,6 +140,15 @@ def _self_metrics(snapshot: Snapshot) -> Iterator[Metric]:
 
 
 def _namespaces(snapshot: Snapshot) -> Iterator[Metric]:
+    if snapshot.missing:
+        missing = GaugeMetricFamily(
+            "tcptw_netns_missing",
+            "1 for each namespace --netns names that does not exist: it is not polled",
+            labels=["netns"],
+        )
+        for label in snapshot.missing:
+            missing.add_metric([label], 1)
+        yield missing
     if not snapshot.namespaces:
         return
     info = GaugeMetricFamily(

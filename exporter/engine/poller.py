@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import resource
 import threading
 import time
 from collections import Counter, deque
@@ -49,6 +50,10 @@ from exporter.sources.declare import Feed, FeedSession, NetnsPoll, Scope, Source
 log = structlog.get_logger("timewait_exporter.poller")
 
 MAX_WORKERS = 8
+# Descriptors: the process's own (listeners, logs, libraries), and what each namespace
+# keeps open: its /proc files and sysctls, its sock_diag and destroy-event sockets.
+FDS_BASE = 64
+FDS_PER_NAMESPACE = 16
 
 
 @dataclass
@@ -78,6 +83,7 @@ class Poller:
         self._states = SourceStates()
         self._tracker = Tracker(config)
         self._detail = DetailTracker(config, enabled)
+        self._fds_short = False
         # State per worker slot (receive buffers), made when a slot first needs it.
         self._worker: list[dict[object, object]] = [{} for _ in range(MAX_WORKERS)]
 
@@ -160,6 +166,7 @@ class Poller:
             namespaces=tuple(namespaces),
             feeds=tuple(FeedResult(f.name, s.result(detail)) for f, s in self.sessions.items()),
             detail=detail,
+            missing=tuple(sorted(self._tracker.missing)),
         )
 
     def close(self) -> None:
@@ -248,12 +255,29 @@ class Poller:
         )
 
     def _reconcile(self) -> None:
-        for gone in self._tracker.reconcile():
+        gone_ones = self._tracker.reconcile()
+        self._check_descriptors()
+        for gone in gone_ones:
             log.debug("namespace gone: descriptors closed", netns=gone.label)
             for session in self.sessions.values():
                 session.forget(gone.key)  # the feed lets go of its handles first
             gone.close()
         self._states.keep_only([t.label for t in self._tracker.tracked.values()] + [HOST])
+
+    def _check_descriptors(self) -> None:
+        """One warning when RLIMIT_NOFILE cannot hold every namespace's descriptors (the
+        namespaces that cannot be opened then fail, each with one line and its series)."""
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        need = FDS_BASE + FDS_PER_NAMESPACE * len(self._tracker.tracked)
+        short = soft != resource.RLIM_INFINITY and need > soft
+        if short and not self._fds_short:
+            log.warning(
+                "too few file descriptors for every namespace: raise ulimit -n (LimitNOFILE)",
+                limit=soft,
+                namespaces=len(self._tracker.tracked),
+                needed_about=need,
+            )
+        self._fds_short = short
 
     def _run(self, netns: str, source: Source[Any], read: Callable[[], object]) -> SourceResult:
         start = time.perf_counter()

@@ -49,3 +49,4 @@ class Snapshot:
     poll_overruns: int = 0
     feeds: tuple[FeedResult, ...] = ()  # the running feeds' readings (none for dump)
     detail: DetailView = FULL  # which namespaces are shown in full (engine/detail.py)
+    missing: tuple[str, ...] = ()  # --netns labels that no namespace has

@@ -3,6 +3,7 @@ ok, or a new error; warnings (a source serving without part of its data) likewis
 
 from __future__ import annotations
 
+import errno
 import threading
 from collections.abc import Iterable
 
@@ -41,6 +42,9 @@ class SourceStates:
 
 def describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
-        where = f" ({exc.filename})" if exc.filename else ""
+        # Out of descriptors, the path tried (which changes with each attempt) says
+        # nothing and would make every poll's line new: one line until it changes.
+        exhausted = exc.errno in (errno.EMFILE, errno.ENFILE)
+        where = f" ({exc.filename})" if exc.filename and not exhausted else ""
         return f"{type(exc).__name__}: [Errno {exc.errno}] {exc.strerror}{where}"
     return f"{type(exc).__name__}: {exc}"

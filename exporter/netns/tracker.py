@@ -66,6 +66,12 @@ class Tracker:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.tracked: dict[int | None, Tracked] = {}
+        self.missing: frozenset[str] = frozenset()  # --netns labels no namespace has
+
+    def _note_missing(self, missing: frozenset[str]) -> None:
+        if missing != self.missing and missing:
+            log.warning("--netns names namespaces that do not exist (yet)", missing=sorted(missing))
+        self.missing = missing
 
     def reconcile(self) -> list[Tracked]:
         """Discover and label; returns the namespaces gone since the last call, removed
@@ -85,6 +91,7 @@ class Tracker:
         identities = self._identify(wanted, own)
         if isinstance(cfg.netns, frozenset):
             wanted = {k: v for k, v in wanted.items() if identities[k].label in cfg.netns}
+            self._note_missing(cfg.netns - {identities[k].label for k in wanted})
         gone = [
             self.tracked.pop(k)
             for k in [k for k, t in self.tracked.items() if k not in wanted or t.gone]

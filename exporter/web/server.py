@@ -25,6 +25,7 @@ import asyncio
 import asyncio.sslproto
 import contextlib
 import html
+import ipaddress
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,11 +60,19 @@ Readiness = Callable[[], tuple[bool, str]]
 
 
 def parse_listen_address(address: str) -> tuple[str | None, int]:
-    """ ":9961" (every address), "127.0.0.1:9961" or "[::1]:9961"."""
+    """ ":9961" (every address), "127.0.0.1:9961" or "[::1]:9961". The host is an IP
+    address: no name is resolved (a DNS lookup at start-up is one more way to fail)."""
     host, sep, port_text = address.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"must be [host]:port with a port of 0-65535, got {address!r}")
     host = host.strip("[]")
+    if host:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(
+                f"the host must be an IP address (names are not resolved), got {host!r}"
+            ) from None
     return (host or None), int(port_text)
 
 

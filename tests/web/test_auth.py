@@ -44,7 +44,7 @@ def test_each_credential_pays_bcrypt_once(monkeypatch: pytest.MonkeyPatch) -> No
     calls: list[bytes] = []
     real_check = exporter.web.auth._check
 
-    def counting(password: str, hashed: bytes) -> bool:
+    def counting(password: bytes, hashed: bytes) -> bool:
         calls.append(hashed)
         return real_check(password, hashed)
 
@@ -83,3 +83,26 @@ def test_basic_auth_over_http(tmp_path: Path) -> None:
         assert daemon.get("/readyz")[0].status == 200
         events = [line["event"] for line in daemon.stop()]
     assert events == ["listening", "shutting down"]
+
+
+def test_spraying_never_evicts_a_success_nor_queues_unbounded() -> None:
+    """A logged-in scraper's credentials stay cached however many wrong passwords come;
+    a second check from the same address while one is in flight is refused at once."""
+    auth = BasicAuth({"prometheus": HASH.encode()})
+    right = basic("prometheus", PASSWORD)["Authorization"]
+
+    async def run() -> tuple[bool, list[bool], bool]:
+        first = await auth.allows(right, "10.0.0.1")
+        wrong = [
+            await auth.allows(basic("prometheus", f"guess-{i}")["Authorization"], f"10.0.1.{i}")
+            for i in range(300)
+        ]
+        slow = asyncio.ensure_future(auth.allows(basic("x", "y")["Authorization"], "10.0.2.1"))
+        await asyncio.sleep(0)
+        meanwhile = await auth.allows(basic("x", "z")["Authorization"], "10.0.2.1")
+        await slow
+        return first, wrong, meanwhile
+
+    first, wrong, meanwhile = asyncio.run(run())
+    assert first and not any(wrong) and not meanwhile and auth.refused_busy == 1
+    assert asyncio.run(auth.allows(right, "10.0.0.1"))  # still cached: no bcrypt

@@ -21,11 +21,6 @@ from tests.serving import HOST, Pki, free_port, issue, make_pki, running, server
 REFUSED = (ssl.SSLError, ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
 def web_config(directory: Path, pki: Pki, extra: str = "") -> Path:
     """A web config in `directory` with copies of the server certificate and the CA,
     named relative to it (as exporter-toolkit resolves them)."""
