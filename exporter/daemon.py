@@ -205,6 +205,7 @@ async def _serve(
     # once per poll); always the real /proc/self, whatever --path.procfs says.
     ProcessCollector(registry=registry)
     exposition = Exposition(registry)
+    poller.scraped = exposition.was_served
     clock = PollClock(config.poll_interval)
     limits = WebLimits(
         telemetry_path=config.telemetry_path,

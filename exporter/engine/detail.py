@@ -41,9 +41,17 @@ class DetailTracker:
         self._shown: frozenset[str] = frozenset()
         self._last: dict[tuple[str, str], object] = {}  # (source, netns) → last reading
         self._folds: dict[tuple[str, str], int] = {}
+        # Namespaces whose counters were last exposed at their previous values, with
+        # those values: kept so until a scraper has seen them.
+        self._pending: dict[str, dict[tuple[str, str], object]] = {}
 
-    def view(self, results: Sequence[SourceResult], labels: Sequence[str]) -> DetailView:
-        """The detail of this poll, from every namespace's results (once per poll)."""
+    def view(
+        self, results: Sequence[SourceResult], labels: Sequence[str], scraped: bool = True
+    ) -> DetailView:
+        """The detail of this poll, from every namespace's results (once per poll).
+        scraped: whether the previous poll's exposition was served; if not, a namespace
+        that became notable then shows its previous values once more (a scrape interval
+        longer than the poll's must still see them, or increase() misses the move)."""
         if self.full:
             return DetailView(full=True)
         now = time.monotonic()
@@ -78,6 +86,14 @@ class DetailTracker:
             for (source, label), data in self._last.items()
             if label in entering
         }
+        if not scraped:
+            for label, held in self._pending.items():
+                if label in shown:
+                    entering |= {label}
+                    previous.update(held)
+        self._pending = {}
+        for key, data in previous.items():
+            self._pending.setdefault(key[1], {})[key] = data
         self._fold(by_netns, shown)
         self._last = {
             (source, label): data for label, row in by_netns.items() for source, data in row.items()

@@ -42,7 +42,17 @@ class Exposition:
             encoder, content_type = choose_encoder(accept)
             self._encoders[content_type] = encoder
         self._bodies: dict[str, Body] = {}
+        self._served = False  # a /metrics body went out since the last refresh
         self.refresh()
+
+    def mark_served(self) -> None:
+        """A scrape took the current bodies (the server, on the loop)."""
+        self._served = True
+
+    def was_served(self) -> bool:
+        """Whether a scraper saw the bodies of the last poll (read before the next
+        refresh): a series first exposed at a previous value must be seen once."""
+        return self._served
 
     @staticmethod
     def negotiate(accept: str) -> tuple[Encoder, str]:
@@ -59,6 +69,7 @@ class Exposition:
         }
         with self._lock:
             self._bodies = bodies
+            self._served = False
 
     def cached(self, content_type: str) -> Body | None:
         with self._lock:

@@ -83,6 +83,8 @@ class Poller:
         self._states = SourceStates()
         self._tracker = Tracker(config)
         self._detail = DetailTracker(config, enabled)
+        # Whether the last poll's exposition was served (the daemon's); None: always.
+        self.scraped: Callable[[], bool] | None = None
         self._fds_short = False
         # State per worker slot (receive buffers), made when a slot first needs it.
         self._worker: list[dict[object, object]] = [{} for _ in range(MAX_WORKERS)]
@@ -150,7 +152,9 @@ class Poller:
             results.append(
                 self._run(HOST, source, functools.partial(source.read_host, self.config))
             )
-        detail = self._detail.view(results, [ns.label for ns in namespaces])
+        detail = self._detail.view(
+            results, [ns.label for ns in namespaces], self.scraped is None or self.scraped()
+        )
         duration = time.perf_counter() - start
         outcomes = Counter(ns.outcome for ns in namespaces)
         log.debug(

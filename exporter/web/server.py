@@ -441,6 +441,7 @@ class MetricsServer:
                 body = await loop.run_in_executor(
                     None, self.exposition.render, content_type, encoder
                 )
+            self.exposition.mark_served()
             gzipped = gzip_accepted(request.headers.get(hdrs.ACCEPT_ENCODING, ""))
             payload = body.gzipped if gzipped else body.plain
             headers[hdrs.CONTENT_TYPE] = content_type

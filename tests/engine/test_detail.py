@@ -132,3 +132,17 @@ def samples_of(poller: Poller, config: Config) -> dict[Key, float]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     return samples(generate_latest(registry).decode())
+
+
+def test_previous_values_are_held_until_a_scraper_saw_them() -> None:
+    """A scrape interval longer than the poll's: the poll after a namespace became notable
+    was not scraped, so the next one shows the previous values again; once scraped, the
+    kernel's."""
+    tracker = DetailTracker(Config(detail_hold=60), [netstat.SOURCE])
+    tracker.view(results(a=counters(0, 1), b=counters(0, 1)), ["a", "b"])
+    moved = tracker.view(results(a=counters(4, 1), b=counters(0, 1)), ["a", "b"])
+    assert moved.counter("netstat", "a", "TCPTimeWaitOverflow", 4) == 0
+    unseen = tracker.view(results(a=counters(5, 1), b=counters(0, 1)), ["a", "b"], scraped=False)
+    assert unseen.counter("netstat", "a", "TCPTimeWaitOverflow", 5) == 0  # still the old one
+    seen = tracker.view(results(a=counters(5, 1), b=counters(0, 1)), ["a", "b"], scraped=True)
+    assert seen.counter("netstat", "a", "TCPTimeWaitOverflow", 5) == 5
