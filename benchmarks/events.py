@@ -2,6 +2,7 @@
 the events lost at each rate.
 
     python -m benchmarks.events --markdown docs/benchmarks.md
+    python -m benchmarks.events --failures --markdown docs/benchmarks.md
 
 Per rate and mode: a fresh namespace (tcp_max_tw_buckets 1000, so that TIME-WAIT does not
 exhaust the ports at these rates), the daemon polling it alone every 5 s, then
@@ -29,6 +30,7 @@ from benchmarks.run import free_port
 from tests.exposition import samples, series
 
 EVENTS_BEGIN, EVENTS_END = "<!-- EVENTS_BEGIN -->", "<!-- EVENTS_END -->"
+FAILURES_BEGIN, FAILURES_END = "<!-- FAILURES_BEGIN -->", "<!-- FAILURES_END -->"
 CLOCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -45,6 +47,7 @@ def metrics(port: int) -> dict[str, float]:
         "tcptw_outbound_connections_closed_total",
         "tcptw_inbound_connections_closed_total",
         "tcptw_socket_events_lost_total",
+        "tcptw_connect_failures_total",
     ):
         out[name] = sum(series(parsed, name).values())
     out["polls"] = sum(series(parsed, "tcptw_last_poll_timestamp_seconds").values())
@@ -77,8 +80,12 @@ def rcvbuf_obtained() -> int:
 STOCK_RMEM_MAX = 212_992  # Linux's default net.core.rmem_max
 
 
-def one_run(rate: int, seconds: float, events: bool, rcvbuf: int | None = None) -> dict[str, float]:
-    name = f"evbench-{os.getpid()}-{rate}-{int(events)}"
+def one_run(
+    rate: int, seconds: float, events: bool, rcvbuf: int | None = None, failures: bool = False
+) -> dict[str, float]:
+    """failures: `loadgen fail` (connect()s failing with EADDRNOTAVAIL, one port in the
+    range) instead of churn."""
+    name = f"evbench-{os.getpid()}-{rate}-{int(events)}-{int(failures)}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     daemon = None
     try:
@@ -87,6 +94,12 @@ def one_run(rate: int, seconds: float, events: bool, rcvbuf: int | None = None) 
             ["ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=1000"],
             check=True,
         )
+        if failures:
+            subprocess.run(
+                ["ip", "netns", "exec", name, "sysctl", "-qw",
+                 "net.ipv4.ip_local_port_range=40000 40000"],
+                check=True,
+            )  # fmt: skip
         port = free_port()
         daemon = subprocess.Popen(
             [
@@ -102,9 +115,13 @@ def one_run(rate: int, seconds: float, events: bool, rcvbuf: int | None = None) 
         time.sleep(1)
         before = metrics(port)
         cpu0 = cpu_seconds(daemon.pid)
+        load = (
+            ["fail", str(rate), str(seconds), "8080"]
+            if failures
+            else ["churn", str(rate), str(seconds), "8080", "16"]
+        )
         out = subprocess.run(
-            ["ip", "netns", "exec", name, str(loadgen_binary()), "churn", str(rate),
-             str(seconds), "8080", "16"],
+            ["ip", "netns", "exec", name, str(loadgen_binary()), *load],
             check=True, capture_output=True, text=True,
         )  # fmt: skip
         made_text, took_text = out.stdout.split()
@@ -119,12 +136,14 @@ def one_run(rate: int, seconds: float, events: bool, rcvbuf: int | None = None) 
         names = [f"tcptw_{d}_connections_closed_total" for d in ("outbound", "inbound")]
         counted = sum(after[n] - before[n] for n in names)
         lost = after["tcptw_socket_events_lost_total"] - before["tcptw_socket_events_lost_total"]
+        failed = after["tcptw_connect_failures_total"] - before["tcptw_connect_failures_total"]
         return {
             "rate": made / took,
             "made": made,
             "cpu_percent": 100 * cpu / (took + 1),
             "cpu_per_10k": 10_000 * cpu / made,
-            "counted": counted,
+            "counted": failed if failures else counted,
+            "closes": counted,
             "lost": lost,
         }
     finally:
@@ -140,7 +159,13 @@ def main() -> None:
     parser.add_argument("--rates", default="10000,50000")
     parser.add_argument("--markdown", type=Path)
     parser.add_argument("--note", default="", help="a sentence added under the table")
+    parser.add_argument(
+        "--failures", action="store_true", help="connect()s failing with EADDRNOTAVAIL instead"
+    )
     args = parser.parse_args()
+    if args.failures:
+        failures_table(args)
+        return
     rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())
     rcvbuf = rcvbuf_obtained()
     rows = []
@@ -189,6 +214,50 @@ def main() -> None:
     print(text)
     if args.markdown:
         write_section(args.markdown, EVENTS_BEGIN, EVENTS_END, text)
+
+
+def failures_table(args: argparse.Namespace) -> None:
+    rates = [int(r) for r in (args.rates if args.rates != "10000,50000" else "10000").split(",")]
+    rows = []
+    for rate in rates:
+        for mode, events in (("off", False), ("on", True)):
+            result = one_run(rate, args.seconds, events, failures=True)
+            print(rate, mode, result, flush=True)
+            rows.append((rate, mode, events, result))
+    lines = [
+        FAILURES_BEGIN,
+        "### Failed connects (EADDRNOTAVAIL) counted from the destroy events",
+        "",
+        f"`python -m benchmarks.events --failures` ({args.seconds:g} s per row, "
+        "`benchmarks/loadgen.c fail`: a namespace with one port, held by one connection; each "
+        "further `connect()` fails with EADDRNOTAVAIL and its socket is closed at once, one "
+        "destroy event each, whose INET_DIAG_INFO is read for its path MTU).",
+        "",
+        "| asked failures/s | made failures/s | events | daemon CPU, % of one core | "
+        "CPU s per 10,000 failures | failures counted | events lost | closes counted |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for rate, mode, events, r in rows:
+        counted = f"{int(r['counted']):,}" if events else "-"
+        lost = f"{int(r['lost']):,}" if events else "-"
+        closes = f"{int(r['closes']):,}" if events else "-"
+        lines.append(
+            f"| {rate:,} | {r['rate']:,.0f} | {mode} | {r['cpu_percent']:.2f} | "
+            f"{r['cpu_per_10k']:.4f} | {counted} | {lost} | {closes} |"
+        )
+    lines += [
+        "",
+        "Failures counted + lost = failures made; closes counted stay 0 (a failed connect is "
+        "never a connection closed). Beside the churn table above: a failure is one event, "
+        "a connection closed two.",
+    ]
+    if args.note:
+        lines += ["", args.note]
+    lines.append(FAILURES_END)
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        write_section(args.markdown, FAILURES_BEGIN, FAILURES_END, text)
 
 
 if __name__ == "__main__":

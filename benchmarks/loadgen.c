@@ -20,6 +20,14 @@
  * connection i comes from its own source address (bound with IP_BIND_ADDRESS_NO_PORT)
  * and the server closes first (inbound TIME-WAIT).
  *
+ *   loadgen fail RATE SECONDS PORT
+ *
+ * Failed connects for the connect-failure counter's benchmark: the namespace's port range
+ * must hold exactly one port (ip_local_port_range "P P"); one connection from it to
+ * 127.0.0.1:PORT takes it, then RATE connect()s a second toward the same destination fail
+ * with EADDRNOTAVAIL, each socket closed at once (one destroy event each). Prints the
+ * failures made and the seconds taken.
+ *
  *   loadgen churn RATE SECONDS PORT DESTINATIONS
  *
  * Connection churn for the socket-destroy event benchmark: RATE connections a second for
@@ -161,7 +169,46 @@ static int churn(long rate, double seconds, int port, int destinations) {
     return 0;
 }
 
+static int fail(long rate, double seconds, int port) {
+    int one = 1;
+    struct sockaddr_in sa = address("127.0.0.1", port);
+    int listener = socket(AF_INET, SOCK_STREAM, 0);
+    setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(listener, (struct sockaddr *)&sa, sizeof sa)) die("bind listener");
+    if (listen(listener, 16)) die("listen");
+    int holder = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(holder, (struct sockaddr *)&sa, sizeof sa)) die("connect the holder");
+    double start = now_seconds(), end = start + seconds;
+    long made = 0;
+    for (;;) {
+        double t = now_seconds();
+        if (t >= end) break;
+        long due = (long)((t - start) * rate);
+        if (made >= due) {
+            struct timespec pause_ts = {0, 200000}; /* 0.2 ms */
+            nanosleep(&pause_ts, NULL);
+            continue;
+        }
+        while (made < due) {
+            int client = socket(AF_INET, SOCK_STREAM, 0);
+            if (client < 0) die("socket");
+            if (connect(client, (struct sockaddr *)&sa, sizeof sa) == 0 || errno != EADDRNOTAVAIL) {
+                fprintf(stderr, "connect %ld did not fail with EADDRNOTAVAIL: %s\n", made,
+                        strerror(errno));
+                return 1;
+            }
+            close(client);
+            made++;
+        }
+    }
+    printf("%ld %.3f\n", made, now_seconds() - start);
+    close(holder);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 5 && strcmp(argv[1], "fail") == 0)
+        return fail(atol(argv[2]), atof(argv[3]), atoi(argv[4]));
     if (argc == 6 && strcmp(argv[1], "churn") == 0)
         return churn(atol(argv[2]), atof(argv[3]), atoi(argv[4]), atoi(argv[5]));
     if (argc == 6 && strcmp(argv[1], "distinct") == 0)
