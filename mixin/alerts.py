@@ -33,6 +33,12 @@ DESTINATION = (
 )
 PERCENT = "{{ $value | humanizePercentage }}"
 RATE = '{{ printf "%.2f" $value }}/s'
+# A failed connect()'s destination: its address (the port is lost), or the namespace's
+# `other` row, which counts the destinations outside the node-wide top K.
+FAILED_TOWARD = (
+    '{{ if eq $labels.remote_addr "other" }}other destinations'
+    "{{ else }}{{ $labels.remote_addr }}{{ end }}"
+)
 
 
 def alert(
@@ -171,6 +177,31 @@ def ports(config: MixinConfig) -> list[dict[str, Any]]:
             )
         )
     return rules
+
+
+def connect_failing(config: MixinConfig) -> dict[str, Any]:
+    """Any connect() failed with EADDRNOTAVAIL within failure_window, per namespace and
+    destination address (the `other` row too: a failure is a failure), the netns="" rows
+    left out. A fact, so critical at once, whatever the utilisation says."""
+    window = config.failure_window
+    failures = sel(config, recording.CONNECT_FAILURES, recording.NOT_FOLDED, recording.NO_FREE_PORT)
+    increase = f"sum {by(config, *NETNS, 'remote_addr')} (increase({failures}[{window}]))"
+    return alert(
+        config,
+        "TcpConnectFailingNoFreePort",
+        f"(\n{with_pod(config, increase)}\n) > 0",
+        "critical",
+        config.durations.connect_failing,
+        f"connect() to {FAILED_TOWARD} fails with EADDRNOTAVAIL in {WHERE}",
+        f'In {WHERE}, about {{{{ printf "%.0f" $value }}}} connect() calls toward '
+        f'{FAILED_TOWARD} failed in the last {window} with EADDRNOTAVAIL ("Cannot assign '
+        'requested address"): no local port was free toward that destination, so they '
+        "failed before sending a SYN. Counted from the kernel's socket-destroy events when "
+        "the application closed the failed socket; the destination port is not known. "
+        "Ports that clients bind() before connect() are skipped by connect(), so this can "
+        "fire while the destination's utilisation is low; the bind(0) calls themselves fail "
+        "with EADDRINUSE, which this does not count.",
+    )
 
 
 def netns_rate(config: MixinConfig, metric: str) -> str:
@@ -327,7 +358,7 @@ def exporter(config: MixinConfig) -> list[dict[str, Any]]:
 
 def groups(config: MixinConfig) -> list[dict[str, Any]]:
     return [
-        {"name": "timewait-exporter.ports", "rules": ports(config)},
+        {"name": "timewait-exporter.ports", "rules": [*ports(config), connect_failing(config)]},
         {"name": "timewait-exporter.timewait", "rules": timewait(config)},
         {"name": "timewait-exporter.exporter", "rules": exporter(config)},
     ]

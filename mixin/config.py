@@ -52,6 +52,8 @@ class Durations:
     source_failing: str = "10m"
     stale: str = "2m"
     overrun: str = "30m"
+    # TcpConnectFailingNoFreePort: a connect() that failed is a fact, not a forecast.
+    connect_failing: str = "0s"
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,9 @@ class MixinConfig:
     # Window of every rate() in the rules (connections closed, TIME-WAIT overflows, poll
     # overruns); the recorded rates are named after it (tcptw:...:rate5m).
     rate_window: str = "5m"
+    # Window of TcpConnectFailingNoFreePort's increase(): it fires on any connect() failed
+    # with EADDRNOTAVAIL within it, and resolves once a whole window has none.
+    failure_window: str = "2m"
     # Window over which the predictive exhaustion alert fits its linear trend.
     prediction_window: str = "30m"
     # The predictive alert fires when that trend reaches full capacity within this many

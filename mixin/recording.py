@@ -55,6 +55,13 @@ def outbound_close_rate(config: MixinConfig) -> str:
     return f"tcptw:outbound_connections_closed:rate{config.rate_window}"
 
 
+# connect() calls failed with EADDRNOTAVAIL per second, per namespace and destination address
+# (each namespace's `other` row too: the rest of its destinations), pod labels joined; the
+# netns="" rows left out. The fleet dashboard reads it.
+def connect_failures_rate(config: MixinConfig) -> str:
+    return f"tcptw:connect_failures:rate{config.rate_window}"
+
+
 def names(config: MixinConfig) -> tuple[str, ...]:
     """Every recorded name, in the order of the rules."""
     return (
@@ -68,6 +75,7 @@ def names(config: MixinConfig) -> tuple[str, ...]:
         POLL_AGE_INTERVALS,
         outbound_close_rate(config),
         OUTBOUND_RATE_RATIO,
+        connect_failures_rate(config),
     )
 
 
@@ -79,6 +87,9 @@ POD_LABELS = ("k8s_namespace_name", "k8s_pod_name")
 # Not the netns="" rows, where --metrics.detail=compact sums the quiet namespaces (and
 # host-wide sources report).
 NOT_FOLDED = 'netns!=""'
+# connect() failed with EADDRNOTAVAIL, per namespace and destination address (exporter/events).
+CONNECT_FAILURES = "tcptw_connect_failures_total"
+NO_FREE_PORT = 'error="eaddrnotavail"'
 
 
 def labels(config: MixinConfig, *names: str) -> str:
@@ -187,6 +198,16 @@ def groups(config: MixinConfig) -> list[dict[str, Any]]:
         },
     ]
     rules += connection_rate(config)
+    rules.append(
+        {
+            "record": connect_failures_rate(config),
+            "expr": with_pod(
+                config,
+                f"sum {by(config, *NETNS, 'remote_addr')} "
+                f"(rate({sel(config, CONNECT_FAILURES, NOT_FOLDED, NO_FREE_PORT)}{rate}))",
+            ),
+        }
+    )
     return [{"name": "timewait-exporter.recording", "rules": rules}]
 
 

@@ -223,6 +223,54 @@ In Prometheus: `{recording.outbound_close_rate(config)}` of the bucket against
     )
 
 
+def connect_failing(config: MixinConfig) -> tuple[str, str, str]:
+    return (
+        f"""
+`connect()` calls in the namespace failed with `EADDRNOTAVAIL` ("Cannot assign requested
+address") toward `remote_addr` within the last `{config.failure_window}`: no local port
+was free toward that destination, so the kernel gave up before sending a SYN. This is not
+a forecast, it happened: the application saw the errors. `remote_addr="other"` counts
+the namespace's destinations outside the node-wide top K (`--buckets.top`): the failures
+are real, the address is just not named.
+
+It is counted from the kernel's socket-destroy events
+(`tcptw_connect_failures_total{{error="eaddrnotavail"}}`): a failed socket is counted
+when the application closes it (a leaked descriptor only once it is closed; a socket that
+retries `connect()` counts once), and the destination port is lost. Unlike
+`TcpEphemeralPortExhaustion` it sees failures that the capacity forecast misses: ports
+that sockets `bind()` before `connect()` (toward any destination) are skipped by
+`connect()`, so it fails while the destination's bucket looks far from full. The
+`bind(0)` calls of those clients fail with `EADDRINUSE` once the whole range is taken:
+`TcpEphemeralPortRangeExhaustion` covers them, this alert does not.
+
+`tcptw_tcp_attempt_fails_total` (AttemptFails) is another failure: connects that failed
+*after* their SYN (refused, reset, timed out). `EADDRNOTAVAIL` fails *before* any SYN, so
+AttemptFails and ActiveOpens do not count it.
+""",
+        """
+```sh
+# the sockets holding the ports toward the destination, by state
+ss -Htan '( dst <remote_addr> )' | awk '{print $1}' | sort | uniq -c
+# ports bound before connect(): every socket of the range, whatever the destination
+read LOW HIGH < /proc/sys/net/ipv4/ip_local_port_range
+ss -Htan | awk -v lo=$LOW -v hi=$HIGH '{n=split($4,a,":"); p=a[n]; if (p>=lo && p<=hi) print p}' \\
+  | sort -u | wc -l
+# the failures as they happen: destroy events with peer port 0 (Ctrl-C to stop)
+ss -Etn 'dport = :0'
+sysctl net.ipv4.ip_local_port_range net.ipv4.ip_local_reserved_ports \\
+  net.ipv4.tcp_tw_reuse net.ipv4.tcp_timestamps
+```
+
+In Prometheus: `rate(tcptw_connect_failures_total[5m])` of the namespace per
+`remote_addr`, `tcptw_outbound_ports_used` of its buckets and `tcptw_ephemeral_ports_in_use`;
+the dashboards plot the failures per pod and destination.
+""",
+        "\n".join(
+            [POOLING, REUSE, WIDEN, MORE_DESTINATIONS, NO_PORT, NOT_RECYCLE, NOT_FIN_TIMEOUT]
+        ),
+    )
+
+
 def predicted(config: MixinConfig) -> tuple[str, str, str]:
     return (
         f"""
@@ -521,6 +569,7 @@ PAGES: dict[str, Callable[[MixinConfig], tuple[str, str, str]]] = {
     "TcpEphemeralPortExhaustionPredicted": predicted,
     "TcpConnectionRateNearSustainable": connection_rate,
     "TcpEphemeralPortRangeExhaustion": range_exhaustion,
+    "TcpConnectFailingNoFreePort": connect_failing,
     "TcpTimeWaitOverflow": tw_overflow,
     "TcpTimeWaitNearMaxBuckets": tw_near_max,
     "TcpTwRecycleEnabled": tw_recycle,

@@ -84,6 +84,7 @@ def test_rules_of_another_config_pass_promtool(tmp_path: Path) -> None:
         source_failing="16s",
         stale="17s",
         overrun="18s",
+        connect_failing="23s",
     )
     config = replace(
         DEFAULT,
@@ -92,6 +93,7 @@ def test_rules_of_another_config_pass_promtool(tmp_path: Path) -> None:
         smoothing_window="19s",
         prediction_window="21s",
         rate_window="22s",
+        failure_window="24s",
         durations=durations,
     )
     allowed = set(vars(durations).values())
@@ -108,12 +110,13 @@ def test_rules_of_another_config_pass_promtool(tmp_path: Path) -> None:
     for expr in exprs:
         assert "timewait-exporter" not in expr and "cluster" not in expr, expr
         for window in re.findall(r"\[(\w+)\]", expr):
-            assert window in {"19s", "21s", "22s"}, expr
-    for window in ("19s", "21s", "22s"):
+            assert window in {"19s", "21s", "22s", "24s"}, expr
+    for window in ("19s", "21s", "22s", "24s"):
         assert any(f"[{window}]" in expr for expr in exprs), window
     records = [rule["record"] for group in recording.groups(config) for rule in group["rules"]]
     assert records == list(recording.names(config))
     assert "tcptw:outbound_connections_closed:rate22s" in records
+    assert "tcptw:connect_failures:rate22s" in records
     for name, groups in (
         ("recording.yml", recording.groups(config)),
         ("alerts.yml", alerts.groups(config)),

@@ -18,14 +18,24 @@ The daemon runs with its default --metrics.detail=compact:
 3. clients that bind() before connect(): the same exhaustion alert must fire;
 4. a client paced at 90 % of the rate its ports sustain: the connection-rate alert, which
    reads the socket-destroy counters, must fire while every connect() still succeeds.
+
+In 1 and 3 the clients go on trying, so connect() fails with EADDRNOTAVAIL: the
+failed-connect alert (tcptw_connect_failures_total) must fire naming the pod and the
+destination address. In 1 Prometheus sends its alerts to a real Alertmanager (Debian's
+prometheus-alertmanager) loaded with the README's inhibit rule and a webhook receiver
+served by the test: the critical exhaustion reaches the receiver and silences its warning
+twin (Alertmanager shows it inhibited), and the failed-connect alert arrives with its
+labels and runbook_url.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -34,19 +44,21 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from exporter.netns.context import raise_fd_limit
 from exporter.sources import netstat
 from mixin import dashboards
 from mixin.config import Durations, MixinConfig
 from mixin.generate import generate
-from tests.conftest import require_kernel, skip_or_fail
+from tests.conftest import require_kernel, skip_or_fail, tool
 from tests.engine.test_detail import QUIET_SET
 from tests.engine.test_poller import cgroup_roots, in_cgroup
 from tests.kernel import Netns, new_netns, time_wait_pairs
@@ -60,6 +72,7 @@ RATE = "TcpConnectionRateNearSustainable"
 RATE_RATIO = "tcptw:outbound_connection_rate_sustainable:ratio"
 STALE = "TimewaitExporterStale"
 OVERFLOW = "TcpTimeWaitOverflow"
+FAILING = "TcpConnectFailingNoFreePort"
 CROWD = 100  # quiet namespaces beside the ones under test
 # tcp_max_tw_buckets of the crowd, and of the namespace that overflows (alike, so that the
 # sysctl alone does not make it notable); the crowd's 5 TIME-WAIT sockets stay below half.
@@ -73,6 +86,7 @@ POD = ("team-a", "client-0", "3f1c2a9e-8b7d-4c1e-9a2b-5d6e7f8a9b0c")
 FAST = MixinConfig(
     smoothing_window="30s",
     rate_window="20s",
+    failure_window="20s",
     durations=Durations(
         exhaustion="5s",
         exhaustion_keep_firing="1m",
@@ -99,6 +113,7 @@ class Stack:
     prometheus_port: int
     exporter_port: int
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    alertmanager: Alertmanager | None = None
 
     def api(self, path: str, **params: str) -> Any:
         url = f"http://127.0.0.1:{self.prometheus_port}/api/v1/{path}"
@@ -143,28 +158,170 @@ class Stack:
         raise AssertionError(f"{what} not seen within {timeout} s")
 
 
+def readme_inhibit_rules() -> list[dict[str, Any]]:
+    """The inhibit rule that README.md's "Dashboards and alerts" gives, as it is written."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Dashboards and alerts\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    rules = [yaml.safe_load(block)["inhibit_rules"] for block in blocks if "inhibit_rules" in block]
+    assert len(rules) == 1, "README's Dashboards and alerts has no single inhibit_rules block"
+    result: list[dict[str, Any]] = rules[0]
+    return result
+
+
+class Receiver(http.server.ThreadingHTTPServer):
+    """Alertmanager's webhook receiver: keeps every alert of every notification POSTed."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.alerts: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        super().__init__(address, ReceiverHandler)
+
+    def received(self, **labels: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [
+                a for a in self.alerts if all(a["labels"].get(k) == v for k, v in labels.items())
+            ]
+
+
+class ReceiverHandler(http.server.BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        body = json.loads(self.rfile.read(length).decode())
+        with self.server.lock:
+            self.server.alerts.extend(body.get("alerts", []))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@dataclass
+class Alertmanager:
+    """Alertmanager in the monitoring namespace, and the webhook receiver it notifies."""
+
+    netns: Netns
+    port: int
+    receiver: Receiver
+
+    def alerts(self, **labels: str) -> list[dict[str, Any]]:
+        """/api/v2/alerts (active, silenced and inhibited) with these labels."""
+        filters = [f'{k}="{v}"' for k, v in labels.items()]
+        query = urllib.parse.urlencode([("filter", f) for f in filters])
+        url = f"http://127.0.0.1:{self.port}/api/v2/alerts?{query}"
+        with self.netns.inside(), urllib.request.urlopen(url, timeout=10) as response:
+            found: list[dict[str, Any]] = json.loads(response.read().decode())
+        return found
+
+
+@contextlib.contextmanager
+def alertmanager(netns: Netns, directory: Path) -> Iterator[Alertmanager]:
+    """prometheus-alertmanager on 127.0.0.1 in `netns` (no cluster port), loaded with the
+    README's inhibit rule, one route whose groups are each alert alone (group_by ['...']),
+    waiting 2 s before a group's first notification, and a webhook receiver served here."""
+    binary = tool("prometheus-alertmanager", "Debian package prometheus-alertmanager")
+    with netns.inside():
+        receiver = Receiver(("127.0.0.1", 0))  # its socket is the namespace's
+    serving = threading.Thread(target=receiver.serve_forever, daemon=True)
+    serving.start()
+    port = free_port()
+    config = {
+        "route": {
+            "receiver": "test",
+            "group_by": ["..."],
+            "group_wait": "2s",
+            "group_interval": "1s",
+            "repeat_interval": "1h",
+        },
+        "receivers": [
+            {
+                "name": "test",
+                "webhook_configs": [
+                    {
+                        "url": f"http://127.0.0.1:{receiver.server_address[1]}/",
+                        "send_resolved": False,
+                    }
+                ],
+            }
+        ],
+        "inhibit_rules": readme_inhibit_rules(),
+    }
+    (directory / "alertmanager.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (directory / "alertmanager").mkdir()
+    proc = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns.name,
+            binary,
+            f"--config.file={directory / 'alertmanager.yml'}",
+            f"--storage.path={directory / 'alertmanager'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    am = Alertmanager(netns, port, receiver)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError):
+                am.alerts()
+                break
+            assert proc.poll() is None, f"alertmanager exited with {proc.returncode}"
+            assert time.monotonic() < deadline, "alertmanager not ready within 30 s"
+            time.sleep(0.2)
+        yield am
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        receiver.shutdown()
+        receiver.server_close()
+        serving.join(10)
+
+
 @contextlib.contextmanager
 def stack(
-    netns: Netns, directory: Path, *daemon_args: str, watch: list[str] | None = None
+    netns: Netns,
+    directory: Path,
+    *daemon_args: str,
+    watch: list[str] | None = None,
+    notify: Alertmanager | None = None,
 ) -> Iterator[Stack]:
     """Prometheus and the daemon in `netns`; the daemon polls `netns` alone (--netns=self),
     or the namespaces labelled `watch` (--netns=<labels>: not every namespace of the
-    machine, where other tests make and drop their own)."""
+    machine, where other tests make and drop their own). Prometheus sends its alerts to
+    `notify` when given."""
     prometheus = shutil.which("prometheus")
     if prometheus is None:
         if os.environ.get("CI") == "true":
             pytest.fail("prometheus missing (Debian package prometheus)")
         pytest.skip("prometheus missing (Debian package prometheus)")
-    s = Stack(netns, directory, free_port(), free_port())
+    s = Stack(netns, directory, free_port(), free_port(), alertmanager=notify)
     rule_files = []
     for relative, text in generate(FAST).items():
         if relative.parent == Path("deploy/prometheus"):
             (directory / relative.name).write_text(text)
             rule_files.append(relative.name)
+    alerting = (
+        "alerting:\n"
+        f"  alertmanagers: [{{static_configs: [{{targets: ['127.0.0.1:{notify.port}']}}]}}]\n"
+        if notify is not None
+        else ""
+    )
     (directory / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        f"rule_files: {json.dumps(sorted(rule_files))}\n"
-        "scrape_configs:\n"
+        f"rule_files: {json.dumps(sorted(rule_files))}\n" + alerting + "scrape_configs:\n"
         "  - job_name: timewait-exporter\n"
         f"    static_configs: [{{targets: ['127.0.0.1:{s.exporter_port}']}}]\n"
     )
@@ -216,7 +373,9 @@ def stack(
 @dataclass
 class Client:
     """A client looping connect() toward one destination, closing each connection it
-    makes (so its port stays in TIME-WAIT for 60 s), counting EADDRNOTAVAIL failures."""
+    makes (so its port stays in TIME-WAIT for 60 s) and each socket whose bind() or
+    connect() failed (a failed connect() is counted when its socket is closed); it goes on
+    trying while ports are exhausted, counting the failures by call and errno."""
 
     netns: Netns
     destination: tuple[str, int]
@@ -224,6 +383,7 @@ class Client:
     per_second: float | None = None  # paced, or as fast as it can
     connected: int = 0
     failed: int = 0
+    errors: Counter[str] = field(default_factory=Counter)  # "connect EADDRNOTAVAIL": n
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
@@ -234,14 +394,17 @@ class Client:
                     due = start + (self.connected + self.failed) / self.per_second
                     self.stop.wait(max(0.0, due - time.monotonic()))
                 sock = socket.socket()
+                call = "bind"
                 try:
                     if self.bind_first:
                         sock.bind(("127.0.0.1", 0))  # takes an ephemeral port now
+                    call = "connect"
                     sock.connect(self.destination)
                     self.connected += 1
                 except OSError as exc:
                     assert exc.errno in (errno.EADDRNOTAVAIL, errno.EADDRINUSE), exc
                     self.failed += 1
+                    self.errors[f"{call} {errno.errorcode[exc.errno]}"] += 1
                     time.sleep(0.02)  # pacing: no busy loop while ports are exhausted
                 finally:
                     sock.close()
@@ -355,9 +518,17 @@ def test_exhaustion_fires_dashboards_have_data_and_a_hung_poll_goes_stale(
     with new_netns("twp") as exhausted, as_pod(exhausted, logs) as pod:
         destination = exhaustion_netns(exhausted)
         watch = [*(quiet.name for quiet in crowd), pod, netns.name]
-        with stack(
-            netns, tmp_path, f"--path.sysfs={sysfs}", f"--path.pod-logs={logs}", watch=watch
-        ) as s:
+        with (
+            alertmanager(netns, tmp_path) as am,
+            stack(
+                netns,
+                tmp_path,
+                f"--path.sysfs={sysfs}",
+                f"--path.pod-logs={logs}",
+                watch=watch,
+                notify=am,
+            ) as s,
+        ):
             s.wait_until_shown_in_full(pod)
             with Client(exhausted, destination).running() as client:
                 check_exhaustion_stack(s, client, netns, pod, crowd)
@@ -378,6 +549,9 @@ def check_exhaustion_stack(
     assert (alert["k8s_namespace_name"], alert["k8s_pod_name"]) == POD[:2]
     assert (alert["remote_addr"], alert["remote_port"]) == ("127.0.0.2", "8080")
     assert alert["local_addr"] == "127.0.0.1"
+    check_connect_failing(s, client, pod, "127.0.0.2")
+    assert s.alertmanager is not None
+    check_alertmanager(s.alertmanager, alert)
 
     # The price: every namespace polled, 7 series for a quiet one, the node within budget.
     polled = s.query("sum(tcptw_poll_namespaces)")
@@ -458,6 +632,66 @@ def check_exhaustion_stack(
     assert s.query('up{job="timewait-exporter"} == 1')  # it still answers scrapes
 
 
+def check_connect_failing(s: Stack, client: Client, pod: str, remote_addr: str) -> None:
+    """The failed-connect alert fires for the pod and destination address while the client's
+    connect()s fail with EADDRNOTAVAIL."""
+    firing = s.wait_for(
+        f"{FAILING} firing toward {remote_addr}",
+        lambda: [a for a in s.alerts(FAILING) if a.get("remote_addr") == remote_addr],
+        60,
+    )
+    assert client.errors["connect EADDRNOTAVAIL"] > 0, client.errors
+    assert len(firing) == 1, firing
+    alert = firing[0]
+    assert alert["netns"] == pod and alert["severity"] == "critical", alert
+    assert (alert["k8s_namespace_name"], alert["k8s_pod_name"]) == POD[:2]
+    # Failed connects are counted per destination, never the netns="" fold's, and the
+    # other alerts of the namespace name no other pod.
+    assert all(a["netns"] == pod for a in s.alerts(FAILING)), s.alerts(FAILING)
+
+
+def check_alertmanager(am: Alertmanager, critical: dict[str, str]) -> None:
+    """Through the README's inhibit rule, the critical exhaustion reaches the receiver and
+    its warning twin (the same bucket and pod) does not: Alertmanager holds it, inhibited.
+    The failed-connect alert reaches the receiver with its labels and runbook_url."""
+    bucket = {
+        k: critical[k]
+        for k in ("alertname", "instance", "netns", "local_addr", "remote_addr", "remote_port")
+    }
+    deadline = time.monotonic() + 60
+    while True:
+        delivered = am.receiver.received(**bucket, severity="critical")
+        held = am.alerts(**bucket, severity="warning")
+        failing = am.receiver.received(alertname=FAILING, remote_addr=critical["remote_addr"])
+        if delivered and held and failing:
+            break
+        assert time.monotonic() < deadline, (
+            f"within 60 s: delivered {delivered}, warning held {held}, failing {failing}, "
+            f"all received {am.receiver.alerts}"
+        )
+        time.sleep(0.5)
+    assert delivered[0]["status"] == "firing"
+    assert delivered[0]["labels"]["k8s_pod_name"] == POD[1]
+    [warning] = held
+    assert warning["status"]["state"] == "suppressed", warning
+    assert warning["status"]["inhibitedBy"], warning  # the critical alert's fingerprint
+    [source] = am.alerts(**bucket, severity="critical")
+    assert warning["status"]["inhibitedBy"] == [source["fingerprint"]], (warning, source)
+    assert source["status"]["state"] == "active", source
+
+    alert = failing[0]
+    labels = alert["labels"]
+    assert labels["netns"] == critical["netns"] and labels["severity"] == "critical", labels
+    assert (labels["k8s_namespace_name"], labels["k8s_pod_name"]) == POD[:2]
+    assert labels["instance"] == critical["instance"] and labels["job"] == "timewait-exporter"
+    assert alert["annotations"]["runbook_url"] == FAST.runbook_url(FAILING)
+    assert critical["remote_addr"] in alert["annotations"]["summary"]
+    assert f"pod {POD[0]}/{POD[1]}" in alert["annotations"]["summary"]
+    # Two group_wait later, still no warning twin was ever notified.
+    time.sleep(4)
+    assert am.receiver.received(**bucket, severity="warning") == [], am.receiver.alerts
+
+
 def test_overflow_fires_for_a_namespace_quiet_until_its_counter_moved(
     netns: Netns, tmp_path: Path, crowd: list[Netns]
 ) -> None:
@@ -506,15 +740,25 @@ def test_overflow_fires_for_a_namespace_quiet_until_its_counter_moved(
 def test_exhaustion_fires_for_clients_that_bind_before_connect(
     netns: Netns, tmp_path: Path
 ) -> None:
-    """The client in a namespace of its own: bound ports are taken whatever the
+    """The client in a namespace of its own (a pod's): bound ports are taken whatever the
     destination, so in the monitoring namespace they would starve Prometheus's scrapes and
-    the test's queries too."""
-    with new_netns("twb") as clients:
+    the test's queries too.
+
+    Once the range is taken, the bind-first client's bind(0) fails with EADDRINUSE: no
+    connect() is even tried, so nothing counts it as a failed connect. What fails with
+    EADDRNOTAVAIL is a plain connect() in the same namespace, toward another destination
+    whose bucket holds no socket at all (connect() skips ports that were bound first):
+    the failed-connect alert fires for it, naming the pod and 127.0.0.3, where the
+    utilisation forecast sees nothing."""
+    logs = tmp_path / "pods"
+    with new_netns("twb") as clients, as_pod(clients, logs) as pod:
         destination = exhaustion_netns(clients)
-        with stack(netns, tmp_path, watch=[clients.name, netns.name]) as s:
+        elsewhere = ("127.0.0.3", 8080)
+        clients.listen(*elsewhere)
+        with stack(netns, tmp_path, f"--path.pod-logs={logs}", watch=[pod, netns.name]) as s:
             s.wait_for(
                 "the clients' namespace polled",
-                lambda: labels_of(s, f'tcptw_netns_info{{netns="{clients.name}"}}'),
+                lambda: labels_of(s, f'tcptw_netns_info{{netns="{pod}"}}'),
                 30,
             )
             with Client(clients, destination, bind_first=True).running() as client:
@@ -523,8 +767,14 @@ def test_exhaustion_fires_for_clients_that_bind_before_connect(
                     lambda: [a for a in s.alerts(EXHAUSTION) if a.get("severity") == "critical"],
                     90,
                 )
-                assert client.failed > 0
-                assert firing[0]["netns"] == clients.name
+                assert client.errors["bind EADDRINUSE"] > 0, client.errors
+                assert firing[0]["netns"] == pod
+                with Client(clients, elsewhere).running() as plain:
+                    check_connect_failing(s, plain, pod, elsewhere[0])
+                    assert plain.connected == 0, plain
+                    assert not [
+                        a for a in s.alerts(EXHAUSTION) if a.get("remote_addr") == elsewhere[0]
+                    ]
 
 
 def test_connection_rate_alert_fires_from_the_counters_before_ports_run_out(

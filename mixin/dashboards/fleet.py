@@ -31,6 +31,7 @@ from mixin.recording import (
     POLL_AGE,
     POLL_AGE_INTERVALS,
     TIMEWAIT_BY_DIRECTION,
+    connect_failures_rate,
     outbound_close_rate,
     tw_overflow_rate,
     tw_recycled_rate,
@@ -145,6 +146,25 @@ def _exhaustion(c: MixinConfig) -> list[Any]:
                 )
             ],
             Look(unit="percentunit", max=1, steps=port_steps(c), threshold_lines=True, width=24),
+        ),
+        graph(
+            "connect() failures (EADDRNOTAVAIL) by pod and destination",
+            "connect() calls per second that failed with EADDRNOTAVAIL, by pod and destination "
+            f"address (the 10 highest; {c.rate_window} rate): no local port was free toward "
+            "that destination. Not a forecast: the application saw these errors, and "
+            "TcpConnectFailingNoFreePort fires on any. It also sees failures utilisation "
+            "misses (ports that clients bind() before connect() are skipped by connect()). "
+            "\"other\" is the rest of a namespace's destinations. Counted from the kernel's "
+            "socket-destroy events when the failed socket is closed; the destination port is "
+            "not known.",
+            [
+                Target(
+                    f"topk(10, max {by(c, *POD_LABELS, 'remote_addr')} "
+                    f"({sel(c, connect_failures_rate(c), POD, netns=True)}))",
+                    legend(c, "{{instance}} {{netns}} -> {{remote_addr}}"),
+                )
+            ],
+            Look(unit="cps", steps=((None, "green"), (0.001, "red")), width=24),
         ),
     ]
 

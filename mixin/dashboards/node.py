@@ -22,7 +22,13 @@ from mixin.dashboards.common import (
     sel,
 )
 from mixin.dashboards.fleet import TIMESTAMPS, TW_REUSE, WIDTH_STEPS
-from mixin.recording import NETNS_MAX_RATIO, POLL_AGE, outbound_close_rate
+from mixin.recording import (
+    CONNECT_FAILURES,
+    NETNS_MAX_RATIO,
+    NO_FREE_PORT,
+    POLL_AGE,
+    outbound_close_rate,
+)
 
 UID = "timewait-node"
 OUTBOUND = ("instance", "netns", "local_addr", "remote_addr", "remote_port")
@@ -144,6 +150,39 @@ def _outbound(c: MixinConfig) -> list[Any]:
                 ),
             ],
             Look(unit="reqps", dashed="/ sustainable$/", width=24, height=9),
+        ),
+        graph(
+            "connect() failures (EADDRNOTAVAIL) by destination",
+            "connect() calls per second that failed with EADDRNOTAVAIL, per namespace (pod) and "
+            "destination address: no local port was free toward it, so the kernel gave up "
+            "before sending any SYN. Counted from the socket-destroy events when the "
+            'application closes the failed socket (the destination port is lost; "other" is '
+            "the rest of the namespace's destinations). Any value above 0 is a failure the "
+            "application saw (TcpConnectFailingNoFreePort). Beside it, AttemptFails counts "
+            "the other kind: connects that failed after their SYN.",
+            [
+                Target(
+                    f"sum {by(c, 'instance', 'netns', 'remote_addr')} "
+                    f"(rate({sel(c, CONNECT_FAILURES, NO_FREE_PORT, netns=True)}{RATE}))"
+                    f" and {on(c, 'instance', 'netns')} {_namespaces(c)}",
+                    legend(c, "{{netns}} -> {{remote_addr}}"),
+                )
+            ],
+            Look(unit="cps", steps=((None, "green"), (0.001, "red"))),
+        ),
+        graph(
+            "Connects failed after their SYN (AttemptFails)",
+            "The Tcp group's AttemptFails per second (/proc/net/snmp): connects that sent a "
+            "SYN and then failed (refused, reset before establishment, timed out), with "
+            "ActiveOpens, the connects that sent one. The difference from the EADDRNOTAVAIL "
+            "panel: AttemptFails is after a SYN, where the destination or the path refused; "
+            "EADDRNOTAVAIL is before any SYN, where this namespace had no local port, and "
+            "neither AttemptFails nor ActiveOpens counts it." + QUIET_NOTE,
+            [
+                _rate(c, "tcptw_tcp_attempt_fails_total", "AttemptFails"),
+                _rate(c, "tcptw_tcp_active_opens_total", "ActiveOpens"),
+            ],
+            Look(unit="cps"),
         ),
         grid(
             c,
