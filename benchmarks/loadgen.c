@@ -126,6 +126,48 @@ static double now_seconds(void) {
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+/* Calls one(state, n) RATE times a second for SECONDS (checked every 0.2 ms), then prints
+ * how many calls were made and the seconds taken. A non-zero return of one() stops it. */
+static int paced(long rate, double seconds, int (*one)(void *, long), void *state) {
+    double start = now_seconds(), end = start + seconds;
+    long made = 0;
+    for (;;) {
+        double t = now_seconds();
+        if (t >= end) break;
+        long due = (long)((t - start) * rate);
+        if (made >= due) {
+            struct timespec pause_ts = {0, 200000}; /* 0.2 ms */
+            nanosleep(&pause_ts, NULL);
+            continue;
+        }
+        for (; made < due; made++)
+            if (one(state, made)) return 1;
+    }
+    printf("%ld %.3f\n", made, now_seconds() - start);
+    return 0;
+}
+
+struct churn_state {
+    int listener;
+    struct sockaddr_in *remote;
+    int destinations;
+};
+
+static int churn_one(void *opaque, long n) {
+    struct churn_state *s = opaque;
+    int client = socket(AF_INET, SOCK_STREAM, 0);
+    if (client < 0) die("socket");
+    if (connect(client, (struct sockaddr *)&s->remote[n % s->destinations], sizeof s->remote[0])) {
+        fprintf(stderr, "connect %ld: %s\n", n, strerror(errno));
+        return 1;
+    }
+    int server = accept(s->listener, NULL, NULL);
+    if (server < 0) die("accept");
+    close(client);
+    close(server);
+    return 0;
+}
+
 static int churn(long rate, double seconds, int port, int destinations) {
     int one = 1;
     struct sockaddr_in listen_sa = address("0.0.0.0", port);
@@ -139,33 +181,19 @@ static int churn(long rate, double seconds, int port, int destinations) {
         snprintf(ip, sizeof ip, "127.0.1.%d", 1 + d);
         remote[d] = address(ip, port);
     }
-    double start = now_seconds(), end = start + seconds;
-    long made = 0;
-    for (;;) {
-        double t = now_seconds();
-        if (t >= end) break;
-        long due = (long)((t - start) * rate);
-        if (made >= due) {
-            struct timespec pause_ts = {0, 200000}; /* 0.2 ms */
-            nanosleep(&pause_ts, NULL);
-            continue;
-        }
-        while (made < due) {
-            int client = socket(AF_INET, SOCK_STREAM, 0);
-            if (client < 0) die("socket");
-            if (connect(client, (struct sockaddr *)&remote[made % destinations],
-                        sizeof remote[0])) {
-                fprintf(stderr, "connect %ld: %s\n", made, strerror(errno));
-                return 1;
-            }
-            int server = accept(listener, NULL, NULL);
-            if (server < 0) die("accept");
-            close(client);
-            close(server);
-            made++;
-        }
+    struct churn_state state = {listener, remote, destinations};
+    return paced(rate, seconds, churn_one, &state);
+}
+
+static int fail_one(void *opaque, long n) {
+    struct sockaddr_in *sa = opaque;
+    int client = socket(AF_INET, SOCK_STREAM, 0);
+    if (client < 0) die("socket");
+    if (connect(client, (struct sockaddr *)sa, sizeof *sa) == 0 || errno != EADDRNOTAVAIL) {
+        fprintf(stderr, "connect %ld did not fail with EADDRNOTAVAIL: %s\n", n, strerror(errno));
+        return 1;
     }
-    printf("%ld %.3f\n", made, now_seconds() - start);
+    close(client);
     return 0;
 }
 
@@ -178,32 +206,9 @@ static int fail(long rate, double seconds, int port) {
     if (listen(listener, 16)) die("listen");
     int holder = socket(AF_INET, SOCK_STREAM, 0);
     if (connect(holder, (struct sockaddr *)&sa, sizeof sa)) die("connect the holder");
-    double start = now_seconds(), end = start + seconds;
-    long made = 0;
-    for (;;) {
-        double t = now_seconds();
-        if (t >= end) break;
-        long due = (long)((t - start) * rate);
-        if (made >= due) {
-            struct timespec pause_ts = {0, 200000}; /* 0.2 ms */
-            nanosleep(&pause_ts, NULL);
-            continue;
-        }
-        while (made < due) {
-            int client = socket(AF_INET, SOCK_STREAM, 0);
-            if (client < 0) die("socket");
-            if (connect(client, (struct sockaddr *)&sa, sizeof sa) == 0 || errno != EADDRNOTAVAIL) {
-                fprintf(stderr, "connect %ld did not fail with EADDRNOTAVAIL: %s\n", made,
-                        strerror(errno));
-                return 1;
-            }
-            close(client);
-            made++;
-        }
-    }
-    printf("%ld %.3f\n", made, now_seconds() - start);
+    int status = paced(rate, seconds, fail_one, &sa);
     close(holder);
-    return 0;
+    return status;
 }
 
 int main(int argc, char **argv) {

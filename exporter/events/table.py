@@ -43,13 +43,10 @@ from exporter.sources.sockdiag.codec import MIN_RECORD, SOCK_DIAG_BY_FAMILY, Bat
 from exporter.sources.sockdiag.keys import (
     as_keys,
     canonical,
+    event_keys,
     is_mapped,
     key_labels,
-    key_rows,
     prefix_mask,
-    put_port,
-    put_v4,
-    put_v6,
     select,
 )
 
@@ -235,14 +232,8 @@ class EventTable:
             batch = select(batch, connected)
         v4, local4, remote4 = canonical(batch)
         outbound = ns.classifier.outbound(batch, v4, local4)
-        rows = key_rows(len(batch))
-        six = ~v4
-        if v4.any():
-            put_v4(rows, v4, local4[v4], remote4[v4], self._mask4)
-        if six.any():
-            put_v6(rows, six, batch.src[six], batch.dst[six], self._mask6)
-            rows[six, 34] = 1
-        put_port(rows, np.where(outbound, batch.dport, batch.sport))
+        port = np.where(outbound, batch.dport, batch.sport)
+        rows = event_keys(batch, v4, local4, remote4, port, self._mask4, self._mask6)
         now = time.monotonic()
         ns.counted += len(batch)
         for direction, mask in ((ns.outbound, outbound), (ns.inbound, ~outbound)):
@@ -271,14 +262,8 @@ class EventTable:
         # address is :: when the socket was not bound).
         v4 = (picked.family == socket.AF_INET) | is_mapped(picked.dst)
         remote4 = np.where(picked.family == socket.AF_INET, picked.dst[:, 0], picked.dst[:, 3])
-        keys = key_rows(len(picked))
-        zero = np.zeros(int(v4.sum()), dtype=np.uint32)
-        if v4.any():
-            put_v4(keys, v4, zero, remote4[v4], self._mask4)
-        if (~v4).any():
-            six = ~v4
-            put_v6(keys, six, np.zeros_like(picked.dst[six]), picked.dst[six], self._mask6)
-            keys[six, 34] = 1
+        no_port = np.zeros(len(picked), dtype=np.uint16)
+        keys = event_keys(picked, v4, None, remote4, no_port, self._mask4, self._mask6)
         unique, counts = np.unique(as_keys(keys), return_counts=True)
         self._failures.add(ns.failures, unique.tolist(), counts.tolist(), time.monotonic())
 

@@ -48,12 +48,9 @@ from exporter.sources.sockdiag.codec import (
 from exporter.sources.sockdiag.dump import NOT_LISTENING, RECV_WINDOW, DiagSocket
 from exporter.sources.sockdiag.keys import (
     canonical,
+    event_keys,
     key_labels,
-    key_rows,
     prefix_mask,
-    put_port,
-    put_v4,
-    put_v6,
     select,
 )
 from exporter.sources.sockdiag.source import DIAG, bucket_options
@@ -246,14 +243,8 @@ def _keep(
     chosen[hit] = True
     picked = select(batch, chosen)
     v4, local4, remote4 = canonical(picked)
-    rows = key_rows(len(picked))
-    if v4.any():
-        put_v4(rows, v4, local4[v4], remote4[v4], prefix_mask(options.ipv4_prefix, 4))
-    six = ~v4
-    if six.any():
-        put_v6(rows, six, picked.src[six], picked.dst[six], prefix_mask(options.ipv6_prefix, 16))
-        rows[six, 34] = 1
-    put_port(rows, picked.dport)
+    masks = prefix_mask(options.ipv4_prefix, 4), prefix_mask(options.ipv6_prefix, 16)
+    rows = event_keys(picked, v4, local4, remote4, picked.dport, *masks)
     for i, row in enumerate(rows):
         key = key_labels(bytes(row), True, options.ipv4_prefix, options.ipv6_prefix)
         records = found.get(key)

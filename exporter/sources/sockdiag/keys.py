@@ -102,6 +102,31 @@ def as_keys(rows: npt.NDArray[np.uint8]) -> npt.NDArray[np.void]:
     return keys
 
 
+def event_keys(
+    batch: Batch,
+    v4: npt.NDArray[np.bool_],
+    local4: npt.NDArray[np.uint32] | None,
+    remote4: npt.NDArray[np.uint32],
+    port: npt.NDArray[np.uint16],
+    mask4: npt.NDArray[np.uint8],
+    mask6: npt.NDArray[np.uint8],
+) -> npt.NDArray[np.uint8]:
+    """The rows of the events' keys (flag byte 1 for IPv6), one per record of `batch`:
+    IPv4 rows from canonical's words, IPv6 rows from the records' addresses, remote
+    addresses masked. local4 None: local addresses left 0 (per destination only)."""
+    rows = key_rows(len(batch))
+    six = ~v4
+    if v4.any():
+        local = local4[v4] if local4 is not None else np.zeros(int(v4.sum()), dtype=np.uint32)
+        put_v4(rows, v4, local, remote4[v4], mask4)
+    if six.any():
+        src = batch.src[six] if local4 is not None else np.zeros_like(batch.dst[six])
+        put_v6(rows, six, src, batch.dst[six], mask6)
+        rows[six, 34] = 1
+    put_port(rows, port)
+    return rows
+
+
 def key_labels(
     key: bytes, outbound: bool, ipv4_prefix: int, ipv6_prefix: int
 ) -> tuple[str, str, str]:
