@@ -399,6 +399,27 @@ def exhausting(netns: Netns, destination: tuple[str, int]) -> Iterator[list[int]
         thread.join(10)
 
 
+def fail_once_bound(netns: Netns, destination: tuple[str, int]) -> None:
+    """One connect() refused with EADDRNOTAVAIL: a socket bound to a port outside the
+    ephemeral range whose quadruplet a first one holds (a failure that exhausts nothing)."""
+    with netns.inside():
+        first = socket.socket()
+        second = socket.socket()
+    netns.held.append(first)
+    for sock in (first, second):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 41000))
+    first.connect(destination)
+    try:
+        second.connect(destination)
+    except OSError as exc:
+        assert exc.errno == errno.EADDRNOTAVAIL, exc
+    else:
+        raise AssertionError("the second connect() took a quadruplet in use")
+    finally:
+        second.close()
+
+
 def burst(netns: Netns, destination: tuple[str, int], count: int) -> None:
     """`count` connections, each closed by the client first: `count` ports in TIME-WAIT
     toward `destination` for 60 s."""
@@ -437,6 +458,7 @@ def test_fleet_dashboard_on_a_global_prometheus_fed_by_two_clusters() -> None:
         (busy_a, quiet_a), (busy_b, quiet_b) = namespaces["a"], namespaces["b"]
         client = stack.enter_context(exhausting(busy_a, destination[busy_a.name]))
         burst(busy_b, destination[busy_b.name], 60)  # 0.6: notable, under the 0.8 warning
+        fail_once_bound(busy_b, destination[busy_b.name])  # b's failed connect() too
         for quiet in (quiet_a, quiet_b):
             burst(quiet, destination[quiet.name], 5)
 
