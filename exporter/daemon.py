@@ -98,12 +98,16 @@ class PollClock:
         self.interval = interval
         self.completed_at: float | None = None  # time.monotonic()
         self.nothing_selected = ""  # why the last poll found no namespace to poll
+        self.limited: tuple[str, ...] = ()  # why --netns=all cannot see or enter others
 
     def readiness(self) -> tuple[bool, str]:
         if self.completed_at is None:
             return False, "not ready: no poll has completed yet"
         if self.nothing_selected:
             return False, f"not ready: {self.nothing_selected}"
+        if self.limited:
+            reasons = ", ".join(self.limited)
+            return False, f"not ready: namespace discovery is limited ({reasons})"
         age = time.monotonic() - self.completed_at
         limit = STALE_INTERVALS * self.interval
         if age >= limit:
@@ -136,6 +140,7 @@ async def poll_forever(
                 if snapshot.missing and not snapshot.namespaces
                 else ""
             )
+            clock.limited = tuple(r for r, holds in snapshot.discovery_limited if holds)
         if exposition is not None:
             exposition.refresh()
         release_free_memory()

@@ -353,6 +353,20 @@ def exporter(config: MixinConfig) -> list[dict[str, Any]]:
             "figures are refreshed less often than configured and namespaces are deferred "
             '(tcptw_poll_namespaces{outcome="deferred"}).',
         ),
+        alert(
+            config,
+            "TimewaitExporterDiscoveryLimited",
+            f"{sel(config, 'tcptw_netns_discovery_limited')} == 1",
+            "warning",
+            # A missing privilege is a fact from the first poll: as soon as a target is.
+            d.exporter_down,
+            "timewait-exporter on {{ $labels.instance }} cannot see or enter other "
+            "network namespaces ({{ $labels.reason }})",
+            "--netns=all on {{ $labels.instance }} is limited ({{ $labels.reason }}): "
+            "pods' namespaces are not found or cannot be entered, so their TIME-WAIT and "
+            "ephemeral ports are not watched. The exporter logged which privilege is "
+            "missing.",
+        ),
     ]
 
 

@@ -564,6 +564,48 @@ hash: each of their dumps walks the node's whole table.
     )
 
 
+def discovery_limited(config: MixinConfig) -> tuple[str, str, str]:
+    return (
+        """
+The exporter runs with `--netns=all` (or a list of names) but cannot see or enter the
+node's other network namespaces, so pods are not watched. `reason` says why:
+
+- `no_cap_sys_ptrace`: without CAP_SYS_PTRACE, reading another process's
+  `/proc/<pid>/ns/net` is refused (a ptrace-mode check), so its namespace is not found. In
+  a container, only the exporter's own namespace is polled.
+- `no_cap_sys_admin`: without CAP_SYS_ADMIN (in the user namespace owning the target),
+  `setns(2)` is refused: namespaces are found but cannot be entered; each fails with
+  `tcptw_source_success 0` (TimewaitExporterSourceFailing fires too).
+- `ns_link_denied`: the links are refused although CAP_SYS_PTRACE is held, and the host's
+  namespace is not found: an LSM (AppArmor's runtime-default profile) or a user namespace.
+- `proc_unreadable`: `--path.procfs` cannot be listed (the host's `/proc` not mounted there).
+
+The pod is also not ready (`/readyz` answers 503 with the reasons), so a DaemonSet rollout
+with the privilege missing stops at `maxUnavailable`.
+""",
+        """
+```sh
+kubectl -n timewait-exporter logs <exporter pod> | grep 'namespace discovery is limited'
+kubectl -n timewait-exporter exec <exporter pod> -- python3 -c \\
+  "print(open('/proc/1/status').read())" | grep -E 'CapEff|NoNewPrivs'
+```
+
+CapEff must have bits 19 (SYS_PTRACE) and 21 (SYS_ADMIN): `0000000000280000` with the
+shipped DaemonSet. `curl -s http://<instance>/readyz` names the reasons.
+""",
+        "- Restore the DaemonSet's `securityContext`: `capabilities.add: [SYS_ADMIN, "
+        "SYS_PTRACE]`, `runAsUser: 0`, AppArmor `unconfined` (a policy engine or a Pod "
+        "Security admission level may have removed them; the namespace needs "
+        "`pod-security.kubernetes.io/enforce: privileged`).\n"
+        "- No user namespace for the pod (`hostUsers` left at its default, true).\n"
+        "- `--path.procfs=/host/proc` with the host's `/proc` mounted there.\n"
+        "- systemd: `AmbientCapabilities=` and `CapabilityBoundingSet=` must keep "
+        "CAP_SYS_ADMIN and CAP_SYS_PTRACE.\n"
+        "- To poll only the exporter's own namespace on purpose, run with `--netns=self`: "
+        "the check does not apply there.",
+    )
+
+
 PAGES: dict[str, Callable[[MixinConfig], tuple[str, str, str]]] = {
     "TcpEphemeralPortExhaustion": exhaustion,
     "TcpEphemeralPortExhaustionPredicted": predicted,
@@ -580,6 +622,7 @@ PAGES: dict[str, Callable[[MixinConfig], tuple[str, str, str]]] = {
     "TimewaitExporterSourceFailing": source_failing,
     "TimewaitExporterStale": stale,
     "TimewaitExporterPollsOverrunning": overrun,
+    "TimewaitExporterDiscoveryLimited": discovery_limited,
 }
 
 # Pages that enter the alert's network namespace start with how to.

@@ -8,7 +8,9 @@ with the manifest's capabilities, no-new-privileges, read-only root, memory and 
 limits, user, volumes (the host's /proc read-only at /host/proc; /tmp a small tmpfs) and
 args, in a private PID namespace and its own network namespace, and must see two test
 namespaces exactly as `ss` does inside them. The image has no shell: the test reads files
-inside it with its python3.
+inside it with its python3. Then it runs again without SYS_PTRACE, without SYS_ADMIN and
+without either: each logs one warning naming what is missing, sets
+tcptw_netns_discovery_limited{reason} and answers /readyz with 503.
 
 Needs root, podman, runc, mmdebstrap, iproute2 and network access to the Debian mirror and
 pip's index. Skipped with the reason otherwise; under CI=true it fails instead.
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import itertools
+import json
 import os
 import subprocess
 import time
@@ -61,6 +65,14 @@ LOST = "tcptw_socket_events_lost_total"
 CAPABILITIES = {"DAC_READ_SEARCH": 2, "NET_ADMIN": 12, "SYS_PTRACE": 19, "SYS_ADMIN": 21}
 # (outbound TIME-WAIT, inbound TIME-WAIT) made in each test namespace.
 PLAN = ((7, 3), (4, 2))
+# Capabilities taken from the manifest's `add` → the reasons tcptw_netns_discovery_limited
+# must give (exporter/netns/privileges.py).
+LIMITED = {
+    "no-sys-ptrace": (("SYS_PTRACE",), {"no_cap_sys_ptrace"}),
+    "no-sys-admin": (("SYS_ADMIN",), {"no_cap_sys_admin"}),
+    "no-capabilities": (("SYS_ADMIN", "SYS_PTRACE"), {"no_cap_sys_ptrace", "no_cap_sys_admin"}),
+}
+_runs = itertools.count()
 
 
 def _unavailable() -> str | None:
@@ -448,3 +460,83 @@ def test_runs_with_the_manifests_privileges_only(pod: Pod) -> None:
         "/opt/venv/bin/timewait-exporter",
         "serve",
     ]
+
+
+@pytest.mark.parametrize("case", list(LIMITED))
+def test_a_missing_capability_is_loud(
+    podman: image.Podman, built: image.Built, tmp_path: Path, case: str
+) -> None:
+    """The manifest's pod with capabilities taken away, beside a test namespace held by a
+    process: one warning naming the missing capability and what is lost, the metric with
+    exactly those reasons at 1, /readyz 503. Without SYS_PTRACE the test namespace is not
+    found; without SYS_ADMIN it is found and fails (tcptw_source_success 0)."""
+    dropped, expected = LIMITED[case]
+    options, args = pod_arguments(tmp_path)
+    added = [o for o in options if o.startswith("--cap-add=")]
+    assert {o.removeprefix("--cap-add=") for o in added} >= set(dropped), added
+    options = [o for o in options if o.removeprefix("--cap-add=") not in dropped]
+    with ExitStack() as stack:
+        own = stack.enter_context(new_netns("twi-pod"))
+        test = stack.enter_context(new_netns("twi"))
+        stack.enter_context(image.holder(test.name))
+        name = f"twi-{os.getpid()}-{case}-{next(_runs)}"
+        podman.run(
+            "run",
+            "--detach",
+            "--name",
+            name,
+            "--health-interval=disable",
+            f"--network=ns:{own.path}",
+            *options,
+            built.tag,
+            *args,
+        )
+        stack.callback(podman.run, "rm", "--force", "--time", "0", name, check=False)
+        pod = Pod(podman, name, own, [test])
+        reasons: dict[str, float] = {}
+
+        def polled() -> bool:
+            try:
+                parsed = pod.metrics()
+            except (OSError, http.client.HTTPException):
+                return False
+            found = series(parsed, "tcptw_netns_discovery_limited")
+            reasons.update({dict(k)["reason"]: v for k, v in found.items()})
+            return bool(found)
+
+        try:
+            wait_until(polled, timeout=60, what="tcptw_netns_discovery_limited")
+        except AssertionError:
+            raise AssertionError(f"no metric; container log:\n{pod.logs()[-4000:]}") from None
+        assert {r for r, v in reasons.items() if v == 1} == expected, reasons
+        status, body = pod.get("/readyz")
+        assert status == 503 and "namespace discovery is limited" in body, body
+        assert all(reason in body for reason in expected), body
+        parsed = pod.metrics()
+        label = _label(parsed, test)
+        if "no_cap_sys_ptrace" in expected:
+            assert label is None, "found without SYS_PTRACE"
+        else:
+            assert label is not None
+            success = {
+                dict(k)["source"]: v
+                for k, v in series(parsed, "tcptw_source_success").items()
+                if dict(k)["netns"] == label
+            }
+            assert success and set(success.values()) == {0.0}, success
+        time.sleep(2.5)  # two more polls: the warning is not repeated
+        events = [json.loads(line) for line in pod.logs().splitlines() if line.startswith("{")]
+    warnings = [e for e in events if str(e["event"]).startswith("namespace discovery is limited")]
+    assert len(warnings) == 1, events
+    (warning,) = warnings
+    assert warning["level"] == "warning" and warning["reasons"] == sorted(expected), warning
+    for capability in dropped:
+        assert f"no CAP_{capability}" in warning["event"], warning
+    lost = (
+        "only the exporter's own namespace is polled"
+        if "no_cap_sys_ptrace" in expected
+        else "namespaces are found but cannot be entered"
+    )
+    assert str(warning["event"]).endswith(f"): {lost}"), warning
+    assert warning["namespaces_polled"] == 1, warning
+    print(f"{case}: {warning['event']}", end=" ")

@@ -149,6 +149,19 @@ def _namespaces(snapshot: Snapshot) -> Iterator[Metric]:
         for label in snapshot.missing:
             missing.add_metric([label], 1)
         yield missing
+    if snapshot.discovery_limited:
+        limited = GaugeMetricFamily(
+            "tcptw_netns_discovery_limited",
+            "1 while --netns=all cannot see or enter other namespaces, for that reason: "
+            "no_cap_sys_ptrace (other processes' namespaces are not found), "
+            "no_cap_sys_admin (found but cannot be entered), ns_link_denied (refused "
+            "despite CAP_SYS_PTRACE, e.g. AppArmor), proc_unreadable (--path.procfs); 0 "
+            "otherwise; absent under --netns=self",
+            labels=["reason"],
+        )
+        for reason, holds in snapshot.discovery_limited:
+            limited.add_metric([reason], 1 if holds else 0)
+        yield limited
     if not snapshot.namespaces:
         return
     info = GaugeMetricFamily(

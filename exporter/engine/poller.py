@@ -171,6 +171,7 @@ class Poller:
             feeds=tuple(FeedResult(f.name, s.result(detail)) for f, s in self.sessions.items()),
             detail=detail,
             missing=tuple(sorted(self._tracker.missing)),
+            discovery_limited=self._tracker.discovery_limited(),
         )
 
     def close(self) -> None:

@@ -50,3 +50,6 @@ class Snapshot:
     feeds: tuple[FeedResult, ...] = ()  # the running feeds' readings (none for dump)
     detail: DetailView = FULL  # which namespaces are shown in full (engine/detail.py)
     missing: tuple[str, ...] = ()  # --netns labels that no namespace has
+    # (reason, whether it holds) for what --netns=all cannot see or enter
+    # (exporter/netns/privileges.py); empty under --netns=self.
+    discovery_limited: tuple[tuple[str, bool], ...] = ()

@@ -14,6 +14,7 @@ opened, one no longer found is released.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from dataclasses import dataclass
@@ -70,19 +71,32 @@ def parse_mountinfo(text: str) -> list[tuple[int, str]]:
     return found
 
 
-def scan_processes(procfs: Path) -> dict[int, list[int]]:
+@dataclass
+class Refusals:
+    """What a scan could not read (judged in privileges.py)."""
+
+    listed: bool = True  # procfs itself could be listed
+    links: int = 0  # processes whose link was refused (EACCES, EPERM: ptrace_may_access)
+
+
+def scan_processes(procfs: Path, refusals: Refusals | None = None) -> dict[int, list[int]]:
     """Namespace inode → pids in it (ascending). A process that exits during the scan,
-    or whose link this exporter may not read, is passed over."""
+    or whose link this exporter may not read, is passed over (and counted in
+    `refusals`)."""
     by_inode: dict[int, list[int]] = {}
     try:
         entries = os.listdir(procfs)
     except OSError:
+        if refusals is not None:
+            refusals.listed = False
         return by_inode
     pids = sorted(int(name) for name in entries if name.isascii() and name.isdigit())
     for pid in pids:
         try:
             target = os.readlink(procfs / str(pid) / "ns" / "net")
-        except OSError:
+        except OSError as exc:
+            if refusals is not None and exc.errno in (errno.EACCES, errno.EPERM):
+                refusals.links += 1
             continue
         inode = parse_ns_link(target)
         if inode is not None:
@@ -103,8 +117,8 @@ def read_mounts(procfs: Path) -> list[tuple[int, str]]:
     return mounts
 
 
-def discover(procfs: Path) -> dict[int, FoundNamespace]:
-    processes = scan_processes(procfs)
+def discover(procfs: Path, refusals: Refusals | None = None) -> dict[int, FoundNamespace]:
+    processes = scan_processes(procfs, refusals)
     mounts: dict[int, set[str]] = {}
     for inode, path in read_mounts(procfs):
         mounts.setdefault(inode, set()).add(path)

@@ -8,6 +8,7 @@ namespace the thread is already in.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,10 +34,19 @@ def own_inode() -> int:
     return inode
 
 
+class SetnsRefused(PermissionError):
+    """setns(2) answered EPERM: no CAP_SYS_ADMIN in the target's user namespace, or a
+    seccomp filter (netns_install, net/core/net_namespace.c)."""
+
+
 def setns(fd: int) -> None:
     # flags=0 with an fd: pyroute2 passes it to setns(2) as is; it never creates or
     # mounts a namespace on this path (it would for a missing *name*).
-    pyroute2_netns.setns(fd, flags=0)
+    try:
+        pyroute2_netns.setns(fd, flags=0)
+    except PermissionError as exc:
+        code = exc.errno or errno.EPERM
+        raise SetnsRefused(code, f"{os.strerror(code)} (setns needs CAP_SYS_ADMIN)") from None
 
 
 @contextmanager

@@ -14,9 +14,10 @@ import structlog
 
 from exporter.config import NETNS_SELF, Config
 from exporter.netns.context import NamespaceChanged, NetnsContext, Wanted, is_gone
-from exporter.netns.discovery import FoundNamespace, discover, read_mounts
-from exporter.netns.enter import PROC_NET_INIT_INO, namespace_inode
+from exporter.netns.discovery import FoundNamespace, Refusals, discover, read_mounts
+from exporter.netns.enter import PROC_NET_INIT_INO, SetnsRefused, namespace_inode
 from exporter.netns.pods import read_pod_names, read_pod_uid
+from exporter.netns.privileges import DiscoveryLimits, Evidence
 
 log = structlog.get_logger("timewait_exporter.poller")
 
@@ -67,6 +68,8 @@ class Tracker:
         self.config = config
         self.tracked: dict[int | None, Tracked] = {}
         self.missing: frozenset[str] = frozenset()  # --netns labels no namespace has
+        # What --netns=all (or names) cannot see or enter; None under --netns=self.
+        self.limits = DiscoveryLimits() if config.netns != NETNS_SELF else None
 
     def _note_missing(self, missing: frozenset[str]) -> None:
         if missing != self.missing and missing:
@@ -87,7 +90,13 @@ class Tracker:
             pids = (os.getpid(),) if own is not None else ()
             wanted = {own: FoundNamespace(own, pids, mounts) if own is not None else None}
         else:
-            wanted = dict(discover(cfg.procfs).items())
+            refusals = Refusals()
+            wanted = dict(discover(cfg.procfs, refusals).items())
+            if self.limits is not None:
+                init = namespace_inode(str(cfg.procfs / "1" / "ns" / "net"))
+                host = {PROC_NET_INIT_INO} | ({init} if init is not None else set())
+                found = not host.isdisjoint({*wanted, own})
+                self.limits.evidence = Evidence(refusals.listed, refusals.links, found)
         identities = self._identify(wanted, own)
         if isinstance(cfg.netns, frozenset):
             wanted = {k: v for k, v in wanted.items() if identities[k].label in cfg.netns}
@@ -103,6 +112,13 @@ class Tracker:
             tracked.found = namespace
             tracked.identity = identities[key]
         return gone
+
+    def discovery_limited(self) -> tuple[tuple[str, bool], ...]:
+        """After a poll: every reason of privileges.REASONS with whether it holds (empty
+        under --netns=self)."""
+        if self.limits is None:
+            return ()
+        return self.limits.conclude(sum(t.context is not None for t in self.tracked.values()))
 
     def _identify(
         self, wanted: dict[int | None, FoundNamespace | None], own: int | None
@@ -173,10 +189,12 @@ class Tracker:
         failure: Exception | None = None
         for path in paths:
             try:
-                return NetnsContext.open(cfg.procfs, path, tracked.key, wanted)
+                context = NetnsContext.open(cfg.procfs, path, tracked.key, wanted)
             except NamespaceChanged:
                 continue
             except OSError as exc:
+                if isinstance(exc, SetnsRefused) and self.limits is not None:
+                    self.limits.setns_refused = True
                 if is_gone(exc):
                     continue
                 if path in via_init and exc.errno in (errno.EACCES, errno.EPERM):
@@ -186,6 +204,10 @@ class Tracker:
                     continue
                 if failure is None:
                     failure = exc
+            else:
+                if self.limits is not None:
+                    self.limits.setns_refused = False
+                return context
         if failure is None:
             raise Vanished()
         raise failure
