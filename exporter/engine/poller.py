@@ -44,6 +44,7 @@ from exporter.engine.registry import SOURCES
 from exporter.engine.snapshot import HOST, FeedResult, NamespaceInfo, Snapshot, SourceResult
 from exporter.engine.states import SourceStates, describe
 from exporter.netns.context import Wanted
+from exporter.netns.enter import SetnsRefused
 from exporter.netns.tracker import Tracked, Tracker, Vanished
 from exporter.sources.declare import Feed, FeedSession, NetnsPoll, Scope, Source
 
@@ -220,7 +221,10 @@ class Poller:
                 return
             except Exception as exc:  # one namespace must never stop the others
                 error = f"cannot open namespace: {describe(exc)}"
-                self._states.note(tracked.label, "netns", error)
+                # setns refused (no CAP_SYS_ADMIN) is said once for every namespace by
+                # the discovery warning (netns/privileges.py): each one's line is debug.
+                quiet = isinstance(exc, SetnsRefused)
+                self._states.note(tracked.label, "netns", error, quiet=quiet)
                 self._fail(tracked, error, started_at)
                 return
             self._states.note(tracked.label, "netns", "")

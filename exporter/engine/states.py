@@ -17,7 +17,10 @@ class SourceStates:
         self._last: dict[tuple[str, str, bool], str] = {}  # "" when ok, else the error
         self._lock = threading.Lock()
 
-    def note(self, netns: str, source: str, error: str, warning: bool = False) -> None:
+    def note(
+        self, netns: str, source: str, error: str, warning: bool = False, quiet: bool = False
+    ) -> None:
+        """quiet: a failure already reported once for every namespace: debug only."""
         key = (netns, source, warning)
         with self._lock:
             previous = self._last.get(key)
@@ -26,6 +29,8 @@ class SourceStates:
             return
         if error and warning:
             log.warning(error, netns=netns, source=source)
+        elif error and quiet:
+            log.debug("source failed", netns=netns, source=source, error=error)
         elif error:
             log.error("source failed", netns=netns, source=source, error=error)
         elif not warning:

@@ -126,8 +126,9 @@ def test_without_cap_sys_admin(kernel: None) -> None:
     assert str(limit_warning(events)["event"]).endswith(
         "namespaces are found but cannot be entered"
     )
+    # One warning says it for every namespace: no error line per namespace (debug only).
     failed = [e for e in events if e["event"] == "source failed" and e["source"] == "netns"]
-    assert failed and all("setns needs CAP_SYS_ADMIN" in str(e["error"]) for e in failed)
+    assert failed == []
 
 
 def test_without_any_capability(kernel: None) -> None:
