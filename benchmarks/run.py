@@ -41,6 +41,8 @@ NODE_BEGIN, NODE_END = "<!-- NODE_BEGIN -->", "<!-- NODE_END -->"
 HTTP_BEGIN, HTTP_END = "<!-- HTTP_BEGIN -->", "<!-- HTTP_END -->"
 EVENTS_BEGIN, EVENTS_END = "<!-- EVENTS_BEGIN -->", "<!-- EVENTS_END -->"  # benchmarks.events
 REPORT_BEGIN, REPORT_END = "<!-- REPORT_BEGIN -->", "<!-- REPORT_END -->"  # benchmarks.report
+AB_BEGIN, AB_END = "<!-- AB_BEGIN -->", "<!-- AB_END -->"  # benchmarks.ab
+LATENCY_BEGIN, LATENCY_END = "<!-- LATENCY_BEGIN -->", "<!-- LATENCY_END -->"  # .latency
 LABELS = {
     "exporter": "timewait-exporter full poll",
     "floor": "kernel dump, received and discarded (floor)",
@@ -250,14 +252,25 @@ LOAD_TITLES = {
 }
 
 
-def table(size: int, load: str, loaded: Loaded, results: dict[str, Result]) -> list[str]:
+def loadavg() -> float:
+    """The machine's 1-minute load average (other work shares it: every figure names it)."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def table(
+    size: int, load: str, loaded: Loaded, results: dict[str, Result], loads: tuple[float, float]
+) -> list[str]:
     floor = results["floor"].median
     exporter = results["exporter"]
     same = "equal" if exporter.bucket_timewait == exporter.ss_timewait else "DIFFERENT"
+    if same != "equal" and min(exporter.timewait) < loaded.sockets * 0.9:
+        same += ": sockets were expiring, 60 s after they were made, between the two counts"
     lines = [
         f"### {size:,} connections {LOAD_TITLES[load]} ({loaded.sockets:,} sockets asked for; "
         f"TIME-WAIT seen by the exporter: {min(exporter.timewait):,}-{max(exporter.timewait):,}; "
         f"generated in {loaded.seconds:.1f} s)",
+        "",
+        f"Machine load (1-minute average) {loads[0]:.2f} before, {loads[1]:.2f} after.",
         "",
         f"TIME-WAIT over every bucket series, `other` included: {exporter.bucket_timewait:,}; "
         f"`ss -tanH state time-wait` right after: {exporter.ss_timewait:,} ({same}).",
@@ -337,62 +350,82 @@ def main() -> None:
         f"{args.distinct_sizes} --rounds {args.rounds}"
         + (f" --markdown {args.markdown}" if args.markdown else ""),
         "",
-        "and, for the sections marked below, `benchmarks.node`, `benchmarks.http_load`,",
-        "`benchmarks.soak`, `benchmarks.events` and `benchmarks.report` (each names its command).",
+        "and, for the sections marked below, `benchmarks.node`, `benchmarks.latency`,",
+        "`benchmarks.http_load`, `benchmarks.soak`, `benchmarks.events`, `benchmarks.report` and",
+        "`benchmarks.ab` (each names its command).",
         "",
         "On this machine:",
         "",
         *machine(),
+        "",
+        "The machine is shared with other work (test suites, VMs): each figure names the",
+        "1-minute load average measured before and after it. With 2 cores, a load above 2",
+        "means the exporter's receiver and decoder threads rarely ran side by side.",
         "",
         *FLOOR_TEXT.splitlines(),
         "",
     ]
     headline = []
     for load, size in runs:
+        before = loadavg()
         with loaded_namespace(size, load=load) as loaded:
             results = measure(loaded, args.rounds, with_node)
-        lines = table(size, load, loaded, results)
+        lines = table(size, load, loaded, results, (before, loadavg()))
         print("\n".join(lines), "", sep="\n", flush=True)
         report += [*lines, ""]
         exporter = results["exporter"]
         exact = exporter.bucket_timewait == exporter.ss_timewait
         headline.append(
-            (load, size, exporter.median / results["floor"].median, exporter.rss, exact)
+            (
+                load,
+                size,
+                exporter.median / results["floor"].median,
+                exporter.rss,
+                exact,
+                f"{before:.2f}-{loadavg():.2f}",
+            )
         )
     report += [
         "### Summary",
         "",
-        "| load | sockets | poll / floor | exporter peak RSS | bucket TIME-WAIT sum = ss |",
-        "|---|---|---|---|---|",
+        "| load | sockets | poll / floor | exporter peak RSS | bucket TIME-WAIT sum = ss | "
+        "machine load |",
+        "|---|---|---|---|---|---|",
     ]
     report += [
         f"| {LOAD_TITLES[load]} | {s:,} | {r:.2f} | {rss / 2**20:.0f} MiB | "
-        f"{'yes' if exact else 'NO'} |"
-        for load, s, r, rss, exact in headline
+        f"{'yes' if exact else 'NO'} | {machine} |"
+        for load, s, r, rss, exact, machine in headline
     ]
     report.append("")
     if args.decoders > 0:
+        before = loadavg()
         lines = compare(args.decoders, 10_000)
+        lines += ["", f"Machine load {before:.2f} before, {loadavg():.2f} after."]
         print("\n".join(lines), flush=True)
         report += ["### Why numpy", "", *lines, ""]
     if args.scrape_seconds > 0:
+        before = loadavg()
         with loaded_namespace(max(sizes)) as loaded:
             lat = scrape_latency(loaded, args.scrape_seconds)
         text = (
             f"Scrapes of /metrics while {max(sizes):,}-connection polls ran back to back: "
             f"{lat['scrapes']:.0f} scrapes, p50 {lat['p50_ms']:.1f} ms, "
             f"p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms "
-            f"({lat['overruns']:.0f} poll overruns counted)."
+            f"({lat['overruns']:.0f} poll overruns counted); machine load {before:.2f} before, "
+            f"{loadavg():.2f} after."
         )
         print(text, flush=True)
         report += ["### Scrape latency during polls", "", text, ""]
     if args.idle_seconds > 0:
+        before = loadavg()
         with loaded_namespace(10_000, established=100) as loaded:
             idle = idle_cpu(loaded, args.idle_seconds)
         text = (
             f"Idle daemon, 10,000 sockets, default 15 s interval: "
             f"{idle['cpu_seconds']:.2f} s CPU in {idle['seconds']:.0f} s = "
-            f"{idle['percent_of_one_core']:.2f} % of one core."
+            f"{idle['percent_of_one_core']:.2f} % of one core; machine load {before:.2f} "
+            f"before, {loadavg():.2f} after."
         )
         print(text, flush=True)
         report += ["### Idle cost", "", text, ""]
@@ -402,9 +435,11 @@ def main() -> None:
         old = args.markdown.read_text() if args.markdown.exists() else ""
         for begin, end in (
             (NODE_BEGIN, NODE_END),
+            (LATENCY_BEGIN, LATENCY_END),
             (HTTP_BEGIN, HTTP_END),
             (EVENTS_BEGIN, EVENTS_END),
             (REPORT_BEGIN, REPORT_END),
+            (AB_BEGIN, AB_END),
         ):
             if begin in old and end in old:
                 kept = old.split(begin, 1)[1].split(end, 1)[0]
