@@ -22,6 +22,9 @@ from exporter.sources.sockdiag.tally import SocketStats
 from tests.conftest import FIXTURES, TREES, tool
 
 GOLDEN = FIXTURES / "golden"
+# Every recorded tree: this machine's 6.18, each kernel of scripts/test-kernels (recorded in
+# its guest by tests/fixtures/record.py --out), and the hand-made 4.9.
+KERNELS = ["linux-6.18", "linux-6.12", "linux-6.1", "linux-5.10", "linux-4.9"]
 # Values that differ on every run: durations, timestamps, the interpreter's version.
 VOLATILE = re.compile(
     r"^((tcptw_source_duration_seconds|tcptw_poll_duration_seconds"
@@ -65,7 +68,7 @@ def promtool() -> str:
     return tool("promtool", "Debian package prometheus")
 
 
-@pytest.mark.parametrize("kernel", ["linux-6.18", "linux-4.9"])
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_golden_exposition(kernel: str) -> None:
     text = normalise(dump(TREES / kernel))
     golden = GOLDEN / f"{kernel}.prom"
@@ -74,7 +77,7 @@ def test_golden_exposition(kernel: str) -> None:
     assert text == golden.read_text()
 
 
-@pytest.mark.parametrize("kernel", ["linux-6.18", "linux-4.9"])
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_promtool_check_metrics_is_clean(kernel: str) -> None:
     result = subprocess.run(
         [promtool(), "check", "metrics"],

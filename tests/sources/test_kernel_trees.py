@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pyroute2.netlink.diag import inet_diag_msg
 
 from exporter.engine.poller import wanted
 from exporter.netns.context import NetnsContext
@@ -42,10 +43,16 @@ class Kernel:
 
 
 BOTH_BIND = frozenset({"tw_sock_TCP", "tw_sock_TCPv6", "tcp_bind_bucket", "tcp_bind2_bucket"})
+ONE_BIND = BOTH_BIND - {"tcp_bind2_bucket"}  # tcp_bind2_bucket from Linux 6.1
+EHASH = frozenset({"tcp_ehash_entries", "tcp_child_ehash_entries"})  # Linux 6.1+
 KERNELS = {
+    # recorded before the recorder read tcp_child_ehash_entries
     "linux-6.18": Kernel(
         135, frozenset({"tcp_tw_reuse_delay", "tcp_ehash_entries"}), BOTH_BIND, 256, 96
     ),
+    "linux-6.12": Kernel(131, EHASH, BOTH_BIND, 256, 96),
+    "linux-6.1": Kernel(125, EHASH, BOTH_BIND, 272, 96),
+    "linux-5.10": Kernel(123, frozenset(), ONE_BIND, 248, 88),
 }
 
 
@@ -130,3 +137,25 @@ def test_time_wait_record_length(kernel: str) -> None:
             lengths.add(length)
         offset += (length + 3) & ~3
     assert lengths == {KERNELS[kernel].tw_record}, meta
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("name", DUMP_NAMES)
+def test_decoder_matches_pyroute2(kernel: str, name: str) -> None:
+    """Every record of every kernel's dumps decodes as pyroute2 decodes it."""
+    meta = json.loads((dumps(kernel) / f"{name}.json").read_text())
+    data = (dumps(kernel) / f"{name}.bin").read_bytes()
+    batch, _ = decode_batch(memoryview(data), len(data), meta["seq"], meta["pid"])
+    expected = []
+    offset = 0
+    while offset < len(data):
+        length = int.from_bytes(data[offset : offset + 4], "little")
+        if int.from_bytes(data[offset + 4 : offset + 6], "little") == 20:
+            msg = inet_diag_msg(data[offset : offset + length])
+            msg.decode()
+            expected.append((msg["idiag_state"], msg["idiag_sport"], msg["idiag_dport"]))
+        offset += (length + 3) & ~3
+    ours = [
+        (int(batch.state[i]), int(batch.sport[i]), int(batch.dport[i])) for i in range(len(batch))
+    ]
+    assert ours == expected and len(ours) > 0
