@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from exporter.web.tls import Stamp, build_context, file_stamp
 log = structlog.get_logger("timewait_exporter.web")
 
 CHECK_SECONDS = 1.0
+SETTLE_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,12 @@ class WebReloader:
             stamp = file_stamp(self._files)
             if stamp == self._seen and not force:
                 return
+            if not force:
+                # A file being written (truncated, then filled) must not be read half
+                # done: act once it has kept the same size and time a moment.
+                time.sleep(SETTLE_SECONDS)
+                if file_stamp(self._files) != stamp:
+                    return  # still changing: the next round reads it
             self._seen = stamp
             try:
                 loaded = load_web(self.path)

@@ -293,6 +293,7 @@ class MetricsServer:
         self._sites: list[web.TCPSite] = []
         self._address: tuple[str | None, int] = (None, 0)
         self._relisten_task: asyncio.Task[None] | None = None
+        self._relisten_lock: asyncio.Lock | None = None
         self._apply_config(web_config)
         path = html.escape(limits.telemetry_path)
         self.landing = (
@@ -370,13 +371,19 @@ class MetricsServer:
                 self._relisten_task = asyncio.get_running_loop().create_task(self._relisten())
 
     async def _relisten(self) -> None:
-        for site in self._sites:
-            await site.stop()
-        self._sites.clear()
-        try:
-            await self._listen()
-        except OSError as exc:
-            log.error("cannot listen again after a TLS change", error=str(exc))
+        """One at a time, each with the config current when it runs: two changes in a row
+        (a file caught half-written, then whole) must not interleave, or the second's
+        stop could close the first's new listener and leave none."""
+        if self._relisten_lock is None:
+            self._relisten_lock = asyncio.Lock()
+        async with self._relisten_lock:
+            sites, self._sites = self._sites, []
+            for site in sites:
+                await site.stop()
+            try:
+                await self._listen()
+            except OSError as exc:
+                log.error("cannot listen again after a TLS change", error=str(exc))
 
     # -- requests ----------------------------------------------------------------------
 
