@@ -64,7 +64,9 @@ class EventsSession:
 EVENTS_TOP = (
     ": the node-wide --buckets.top buckets by recent rate count the closes made while "
     "they are in the top; each namespace's other series counts its buckets' closes while "
-    "outside it, so sum(increase()) over every series is the number of connections closed"
+    "outside it (with --metrics.detail=compact, the quiet namespaces' closes are summed "
+    'into one series labelled netns=""), so sum(increase()) over every series is the '
+    "number of connections closed"
 )
 
 
@@ -90,7 +92,8 @@ def render_events(events: EventsSnapshot) -> Iterator[Metric]:
         "tcptw_socket_events_lost",
         "Socket-destroy events the kernel dropped because the exporter's receive buffer "
         "was full (the socket's Drops in /proc/net/netlink): closes missing from the "
-        "connections_closed counters",
+        "connections_closed counters (compact detail: shown once a namespace lost any, first "
+        "at 0)",
         labels=["netns"],
     )
     for netns, value in events.lost:
@@ -98,7 +101,8 @@ def render_events(events: EventsSnapshot) -> Iterator[Metric]:
     up = GaugeMetricFamily(
         "tcptw_socket_events_up",
         "1 when the namespace's socket-destroy listener counts connections closed, 0 when "
-        "the kernel refused it (the connections_closed counters are then absent)",
+        "the kernel refused it (the connections_closed counters are then absent); compact "
+        "detail shows the 1s of namespaces shown in full only",
         labels=["netns"],
     )
     for netns, value in events.up:

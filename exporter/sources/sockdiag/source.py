@@ -182,7 +182,8 @@ def render_sockets(rows: Rows[SocketStats], config: Config, detail: DetailView) 
     scope = f"; non-listening sockets only where {' / '.join(scopes)}" if scopes else ""
     family = GaugeMetricFamily(
         "tcptw_sockets",
-        "TCP sockets by address family and state, from sock_diag" + scope + LAST_POLL,
+        "TCP sockets by address family and state, from sock_diag (compact detail: the "
+        'quiet namespaces summed into netns="")' + scope + LAST_POLL,
         labels=["netns", "family", "state"],
     )
     quiet: Counter[tuple[str, str]] = Counter()
@@ -200,7 +201,10 @@ def render_sockets(rows: Rows[SocketStats], config: Config, detail: DetailView) 
 
 OUTBOUND_LABELS = ["netns", "local_addr", "remote_addr", "remote_port"]
 INBOUND_LABELS = ["netns", "local_addr", "local_port", "remote_addr"]
-BEYOND_TOP = " Buckets beyond --buckets.top are summed into one series labelled other."
+BEYOND_TOP = (
+    " Buckets beyond --buckets.top are summed into one series labelled other (with "
+    '--metrics.detail=compact, every bucket of the quiet namespaces into netns="")."'
+)
 
 
 def render_ports(rows: Rows[SocketStats], config: Config, detail: DetailView) -> Iterator[Metric]:
