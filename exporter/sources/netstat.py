@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
@@ -41,24 +42,109 @@ def parse_netstat(
 ) -> dict[str, int]:
     """All counters of one group, in file order (the same layout serves /proc/net/snmp).
     `signed`: fields the kernel prints signed. Raises SourceError on malformed input."""
+    header, row = group_lines(text, group)
+    names = header.split()[1:]
+    values = row.split()[1:]
+    _check(group, names, values, _signed_at(names, signed))
+    return dict(zip(names, map(int, values), strict=True))
+
+
+# What to read of a group: the counters a pattern matches, in file order, or the names
+# listed, in their order.
+Choice = re.Pattern[str] | tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """What one header line says: its names, and where the chosen and signed ones are."""
+
+    names: list[str]
+    unique: bool
+    signed: tuple[int, ...]
+    chosen: tuple[tuple[int, str], ...]  # (position, name), in the output's order
+
+
+# (header line, group, signed, choice) → layout. A kernel prints the same header line for
+# as long as it runs: a namespace's read costs a lookup, not a parse of the header.
+_LAYOUTS: dict[tuple[str, str, frozenset[str], Choice], _Layout] = {}
+_MAX_LAYOUTS = 64  # bounds it against headers that change (recorded trees, tests)
+
+
+def parse_chosen(
+    text: str, choice: Choice, group: str = "TcpExt", signed: frozenset[str] = frozenset()
+) -> dict[str, int]:
+    """The counters `choice` picks of one group: what parse_netstat's result holds of
+    them, with the same SourceError for malformed input (every counter is checked)."""
+    header, row = group_lines(text, group)
+    key = (header, group, signed, choice)
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        layout = _layout(header, choice, signed)
+        if len(_LAYOUTS) >= _MAX_LAYOUTS:
+            _LAYOUTS.clear()
+        _LAYOUTS[key] = layout
+    values = row.split()[1:]
+    if not (
+        layout.unique and len(values) == len(layout.names) and _all_counters(values, layout.signed)
+    ):
+        _check(group, layout.names, values, layout.signed)  # raises for the first fault
+    return {name: int(values[at]) for at, name in layout.chosen}
+
+
+def _layout(header: str, choice: Choice, signed: frozenset[str]) -> _Layout:
+    names = header.split()[1:]
+    if isinstance(choice, tuple):
+        where: dict[str, int] = {}
+        for at, name in enumerate(names):
+            where.setdefault(name, at)
+        chosen = tuple((where[name], name) for name in choice if name in where)
+    else:
+        chosen = tuple((at, name) for at, name in enumerate(names) if choice.search(name))
+    return _Layout(names, len(set(names)) == len(names), _signed_at(names, signed), chosen)
+
+
+def _signed_at(names: list[str], signed: frozenset[str]) -> tuple[int, ...]:
+    return tuple(at for at, name in enumerate(names) if name in signed) if signed else ()
+
+
+def group_lines(text: str, group: str) -> tuple[str, str]:
+    """The header and value lines of `group`; SourceError unless there is one of each."""
     prefix = group + ":"
     lines = [line for line in text.splitlines() if line.startswith(prefix)]
     if not lines:
         raise SourceError(f"no {group} lines")
     if len(lines) != 2:
         raise SourceError(f"expected a {group} header and value line, found {len(lines)} lines")
-    names = lines[0].split()[1:]
-    values = lines[1].split()[1:]
+    return lines[0], lines[1]
+
+
+def _all_counters(values: list[str], signed: tuple[int, ...]) -> bool:
+    """Whether every value is_counter (a signed one after its "-"), checked at C speed."""
+    if signed:
+        values = values.copy()
+        for at in signed:
+            values[at] = values[at].removeprefix("-")
+            if not values[at]:
+                return False
+    if not values:
+        return True
+    # Each value is a non-empty word (str.split): all are ASCII digits when their
+    # concatenation is.
+    joined = "".join(values)
+    return joined.isascii() and joined.isdigit() and len(max(values, key=len)) <= 20
+
+
+def _check(group: str, names: list[str], values: list[str], signed: tuple[int, ...]) -> None:
+    """SourceError for the first thing wrong with a group's names and values."""
     if len(names) != len(values):
         raise SourceError(f"{group} has {len(names)} names but {len(values)} values")
     if len(set(names)) != len(names):
         raise SourceError(f"{group} header repeats a counter name")
-    counters: dict[str, int] = {}
-    for name, value in zip(names, values, strict=True):
-        if not is_counter(value.removeprefix("-") if name in signed else value):
+    if _all_counters(values, signed):
+        return
+    for at, (name, value) in enumerate(zip(names, values, strict=True)):
+        if not is_counter(value.removeprefix("-") if at in signed else value):
             raise SourceError(f"{group} counter {name} is not a number: {value[:32]!r}")
-        counters[name] = int(value)
-    return counters
 
 
 def is_counter(word: str) -> bool:
@@ -134,7 +220,7 @@ def render_tcpext(
 
 
 def problem_moved(seen: Notable[dict[str, int]]) -> str:
-    if seen.previous is None:
+    if seen.previous is None or seen.data == seen.previous:
         return ""
     for name in PROBLEM_COUNTERS:
         if seen.data.get(name, 0) > seen.previous.get(name, seen.data.get(name, 0)):
@@ -158,7 +244,8 @@ FIELDS = Option(
 
 
 def _read(poll: NetnsPoll) -> dict[str, int]:
-    return select_fields(read_netstat(poll.files), FIELDS.value(poll.config))
+    """select_fields(read_netstat(...)), without parsing the counters it drops."""
+    return parse_chosen(poll.files.read_net("netstat"), FIELDS.value(poll.config))
 
 
 SOURCE = Source[dict[str, int]](

@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from exporter.config import Config
 from exporter.sources import SourceError
 from exporter.sources.declare import FOLDED, LAST_POLL, DetailView, NetnsPoll, Rows, Scope, Source
-from exporter.sources.netstat import parse_netstat
+from exporter.sources.netstat import parse_chosen
 
 # field → (metric name, is a counter, help)
 FIELDS: dict[str, tuple[str, bool, str]] = {
@@ -54,10 +54,13 @@ FIELDS: dict[str, tuple[str, bool, str]] = {
 SIGNED = frozenset({"MaxConn"})
 
 
+_CHOSEN = tuple(FIELDS)
+
+
 def parse_snmp_tcp(text: str) -> dict[str, int]:
-    """The exported Tcp fields; one the kernel lacks is absent, never 0."""
-    values = parse_netstat(text, "Tcp", SIGNED)
-    return {name: values[name] for name in FIELDS if name in values}
+    """The exported Tcp fields; one the kernel lacks is absent, never 0. Every field of
+    the group is checked (parse_netstat's errors)."""
+    return parse_chosen(text, _CHOSEN, "Tcp", SIGNED)
 
 
 def read_snmp(poll: NetnsPoll) -> dict[str, int]:

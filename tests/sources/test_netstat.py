@@ -195,3 +195,75 @@ def test_value_int_cannot_read_is_a_source_error(value: str) -> None:
     limit, and int() then raised ValueError."""
     with pytest.raises(SourceError, match="not a number"):
         parse_netstat(f"TcpExt: TW TWKilled\nTcpExt: 1 {value}\n")
+
+
+# -- the read path (parse_chosen): what parse_netstat then select_fields give ------------
+
+
+def chosen_by_full_parse(
+    text: str, choice: netstat.Choice, group: str, signed: frozenset[str]
+) -> dict[str, int] | str:
+    """The reference: the whole group parsed, then the chosen counters; or the error."""
+    try:
+        counters = parse_netstat(text, group, signed)
+    except SourceError as exc:
+        return str(exc)
+    if isinstance(choice, tuple):
+        return {name: counters[name] for name in choice if name in counters}
+    return select_fields(counters, choice)
+
+
+def chosen(
+    text: str, choice: netstat.Choice, group: str, signed: frozenset[str]
+) -> dict[str, int] | str:
+    try:
+        result = netstat.parse_chosen(text, choice, group, signed)
+    except SourceError as exc:
+        return str(exc)
+    return result
+
+
+CHOICES: list[tuple[netstat.Choice, str, frozenset[str]]] = [
+    (DEFAULT, "TcpExt", frozenset()),
+    (re.compile("."), "TcpExt", frozenset()),
+    (("ListenDrops", "TW", "Nope", "A"), "TcpExt", frozenset({"TW"})),
+    (("ActiveOpens", "MaxConn", "CurrEstab"), "Tcp", frozenset({"MaxConn"})),
+]
+
+
+@FUZZ
+@given(
+    mutated(
+        st.sampled_from(
+            [
+                *RECORDED,
+                (TREES / "linux-6.18/proc/net/snmp").read_bytes(),
+                b"TcpExt: A TW\nTcpExt: 1 -\nTcp: MaxConn A\nTcp: -1 2\n",
+            ]
+        )
+        | netstat_files().map(lambda d: d[0].encode())
+    ),
+    st.sampled_from(CHOICES),
+)
+def test_chosen_counters_equal_those_of_the_full_parse(
+    data: bytes, choosing: tuple[netstat.Choice, str, frozenset[str]]
+) -> None:
+    """Same counters, same order, same error; read twice (the header's layout cached)."""
+    for text in decodings(data):
+        expected = chosen_by_full_parse(text, *choosing)
+        assert chosen(text, *choosing) == expected
+        assert chosen(text, *choosing) == expected
+        if isinstance(expected, dict):
+            assert list(netstat.parse_chosen(text, *choosing)) == list(expected)
+
+
+@pytest.mark.parametrize(
+    "row",
+    ["1 -", "1 --2", "- 2", "-2 -", "1 2 3", "1", "1 ²", "1 " + "1" * 21, "-" + "1" * 21 + " 2"],
+)
+def test_chosen_counters_reject_what_the_full_parse_rejects(row: str) -> None:
+    for group, signed in (("TcpExt", frozenset()), ("TcpExt", frozenset({"TW"}))):
+        text = f"{group}: TW TWKilled\n{group}: {row}\n"
+        expected = chosen_by_full_parse(text, DEFAULT, group, signed)
+        assert isinstance(expected, str), expected
+        assert chosen(text, DEFAULT, group, signed) == expected
