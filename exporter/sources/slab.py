@@ -13,7 +13,7 @@ with merged="true"; the memory they show is shared with every alias.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +41,11 @@ class SlabCache:
     shared_cache: str  # the cache whose figures these are ("" when not merged)
 
 
-def parse_slabinfo(text: str, page_size: int) -> dict[str, SlabCache]:
+def parse_slabinfo(
+    text: str, page_size: int, only: Collection[str] | None = None
+) -> dict[str, SlabCache]:
+    """Every cache of /proc/slabinfo, or those named in `only`; every line is checked
+    either way (a malformed one is a SourceError)."""
     lines = text.splitlines()
     if not lines or not lines[0].startswith("slabinfo - version: 2."):
         raise SourceError("slabinfo does not start with a version 2.x header")
@@ -53,10 +57,14 @@ def parse_slabinfo(text: str, page_size: int) -> dict[str, SlabCache]:
         # name active num objsize objperslab pagesperslab : tunables l b s : slabdata a n s
         if len(words) != 16 or words[6] != ":" or words[11] != ":":
             raise SourceError(f"malformed slabinfo line: {line[:80]!r}")
-        numbers = [words[i] for i in (1, 2, 3, 5, 14)]  # 14: num_slabs, every slab held
-        if not all(is_counter(n) for n in numbers):
+        # 14: num_slabs, every slab held
+        numbers = (words[1], words[2], words[3], words[5], words[14])
+        joined = "".join(numbers)  # each a non-empty word: all is_counter when this is
+        if not (joined.isascii() and joined.isdigit() and len(max(numbers, key=len)) <= 20):
             raise SourceError(f"non-numeric slabinfo line: {line[:80]!r}")
-        active, total, size, pages_per_slab, slabs = (int(n) for n in numbers)
+        if only is not None and words[0] not in only:
+            continue
+        active, total, size, pages_per_slab, slabs = map(int, numbers)
         caches[words[0]] = SlabCache(
             name=words[0],
             objects=total,
@@ -123,7 +131,9 @@ def read_slab(procfs: Path, sysfs: Path, page_size: int) -> list[SlabCache]:
         if not sys_slab.is_dir():
             raise
         slabinfo_text = None
-    from_proc = parse_slabinfo(slabinfo_text, page_size) if slabinfo_text is not None else {}
+    from_proc = (
+        parse_slabinfo(slabinfo_text, page_size, CACHES) if slabinfo_text is not None else {}
+    )
     result: list[SlabCache] = []
     for name in CACHES:
         merged = (sys_slab / name).is_symlink()

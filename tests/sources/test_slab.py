@@ -150,6 +150,31 @@ def test_mutated_slabinfo_parses_or_raises_source_error(data: bytes) -> None:
         assert caches == oracles.slabinfo_caches(text, 4096)
 
 
+def parsed(text: str, only: tuple[str, ...] | None) -> dict[str, SlabCache] | str:
+    try:
+        return parse_slabinfo(text, 4096, only)
+    except SourceError as exc:
+        return str(exc)
+
+
+@FUZZ
+@given(
+    mutated(st.sampled_from(RECORDED)) | slabinfo_files().map(lambda d: d[0].encode()),
+    st.lists(_CACHE_NAME | st.sampled_from(CACHES), max_size=4),
+)
+def test_only_the_named_caches_are_those_of_the_whole_file(data: bytes, names: list[str]) -> None:
+    """read_slab builds only CACHES: the same figures, and the same error for any line."""
+    only = (*CACHES, *names)
+    for text in decodings(data):
+        whole = parsed(text, None)
+        expected = (
+            whole
+            if isinstance(whole, str)
+            else {name: cache for name, cache in whole.items() if name in only}
+        )
+        assert parsed(text, only) == expected
+
+
 @FUZZ
 @given(
     st.fixed_dictionaries({key: COUNT for key in SYSFS_FILES}).filter(
