@@ -39,8 +39,10 @@ class DetailTracker:
         self._until: dict[str, float] = {}  # netns → shown in full until (monotonic)
         self._reasons: dict[str, str] = {}
         self._shown: frozenset[str] = frozenset()
-        self._last: dict[tuple[str, str], object] = {}  # (source, netns) → last reading
-        self._folds: dict[tuple[str, str], int] = {}
+        # The last poll's readings: netns → source → reading.
+        self._rows: dict[str, dict[str, object]] = {}
+        # source → counter → increments of quiet namespaces (DetailView.folds, by source).
+        self._folds: dict[str, dict[str, int]] = {}
         # Namespaces whose counters were last exposed at their previous values, with
         # those values: kept so until a scraper has seen them.
         self._pending: dict[str, dict[tuple[str, str], object]] = {}
@@ -58,53 +60,65 @@ class DetailTracker:
         by_netns: dict[str, dict[str, object]] = {label: {} for label in labels}
         failed: dict[str, str] = {}
         for result in results:
-            if result.netns not in by_netns:
+            row = by_netns.get(result.netns)
+            if row is None:
                 continue
             if result.ok:
-                by_netns[result.netns][result.source] = result.data
+                row[result.source] = result.data
             else:
                 failed.setdefault(result.netns, f"source {result.source} failing")
         for label, reason in failed.items():
             self._mark(label, reason, now)
+        last = self._rows
         for source in self._sources:
             if source.notable is None:
                 continue
-            readings = {n: r[source.name] for n, r in by_netns.items() if source.name in r}
+            name = source.name
+            readings = {n: r[name] for n, r in by_netns.items() if name in r}
             peers = source.peers(list(readings.values())) if source.peers is not None else None
             for label, data in readings.items():
-                previous = self._last.get((source.name, label))
+                before = last.get(label)
+                previous = before.get(name) if before is not None else None
                 reason = source.notable(Notable(data, previous, by_netns[label], peers))
                 if reason:
                     self._mark(label, reason, now)
-        shown = frozenset(label for label in labels if self._until.get(label, 0.0) >= now)
-        for label in [k for k in self._until if k not in by_netns]:
-            del self._until[label]
+        until = self._until
+        shown = frozenset(label for label in labels if until.get(label, 0.0) >= now)
+        for label in [k for k in until if k not in by_netns]:
+            del until[label]
             self._reasons.pop(label, None)
         entering = shown - self._shown
-        previous = {
-            (source, label): data
-            for (source, label), data in self._last.items()
-            if label in entering
-        }
+        previous_values = (
+            {
+                (source, label): data
+                for label, row in last.items()
+                if label in entering
+                for source, data in row.items()
+            }
+            if entering
+            else {}
+        )
         if not scraped:
             for label, held in self._pending.items():
                 if label in shown:
                     entering |= {label}
-                    previous.update(held)
+                    previous_values.update(held)
         self._pending = {}
-        for key, data in previous.items():
+        for key, data in previous_values.items():
             self._pending.setdefault(key[1], {})[key] = data
         self._fold(by_netns, shown)
-        self._last = {
-            (source, label): data for label, row in by_netns.items() for source, data in row.items()
-        }
+        self._rows = by_netns
         self._shown = shown
         return DetailView(
             full=False,
             detailed=shown,
             entering=entering,
-            previous=previous,
-            folds=dict(self._folds),
+            previous=previous_values,
+            folds={
+                (source, name): grown
+                for source, counters in self._folds.items()
+                for name, grown in counters.items()
+            },
             reasons={label: self._reasons[label] for label in shown if label in self._reasons},
         )
 
@@ -114,22 +128,30 @@ class DetailTracker:
 
     def _fold(self, by_netns: Mapping[str, Mapping[str, object]], shown: frozenset[str]) -> None:
         """Add each quiet namespace's counter increments since the previous poll."""
+        last = self._rows
         for source in self._sources:
-            if source.counters is None:
+            counters_of = source.counters
+            if counters_of is None:
                 continue
+            name = source.name
+            folds = self._folds.setdefault(name, {})
             for label, row in by_netns.items():
-                if source.name not in row:
+                if name not in row:
                     continue
-                counters = source.counters(row[source.name])
-                for name in counters:
-                    self._folds.setdefault((source.name, name), 0)
+                counters = counters_of(row[name])
+                if not folds.keys() >= counters.keys():
+                    for counter in counters:
+                        folds.setdefault(counter, 0)
                 if label in shown:
                     continue
-                before = self._last.get((source.name, label))
+                before_row = last.get(label)
+                before = before_row.get(name) if before_row is not None else None
                 if before is None:
                     continue  # first seen: its past is not ours to count
-                earlier = source.counters(before)
-                for name, value in counters.items():
-                    grown = value - earlier.get(name, value)
+                earlier = counters_of(before)
+                if counters == earlier:
+                    continue  # nothing moved (the quiet namespaces' usual poll)
+                for counter, value in counters.items():
+                    grown = value - earlier.get(counter, value)
                     if grown > 0:  # a counter never goes down; a reset adds nothing
-                        self._folds[(source.name, name)] += grown
+                        folds[counter] += grown

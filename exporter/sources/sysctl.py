@@ -8,9 +8,9 @@ tcp_child_ehash_entries before 6.1) is absent from the result.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 from prometheus_client.core import Metric
 
@@ -154,27 +154,38 @@ COMPARED = (
 )
 
 
-def _profile(data: Sysctls) -> dict[str, object]:
-    profile: dict[str, object] = {name: data.values.get(name) for name in COMPARED}
-    profile["ip_local_port_range"] = data.port_range
-    profile["ip_local_reserved_ports"] = data.reserved_ports
-    return profile
+_PROFILE = (*COMPARED, "ip_local_port_range", "ip_local_reserved_ports")
+
+
+def _profile_values(data: Sysctls) -> tuple[object, ...]:
+    """The values of _PROFILE, in its order."""
+    return (*map(data.values.get, COMPARED), data.port_range, data.reserved_ports)
 
 
 def usual_values(readings: Sequence[Sysctls]) -> dict[str, object]:
     """Per sysctl, the value most namespaces have (the first seen among equals)."""
-    counts: dict[str, Counter[object]] = {}
+    # Namespaces mostly share one profile: count the profiles, then each value over
+    # them. A value's first profile (in first-seen order) holds its first occurrence.
+    profiles: dict[tuple[object, ...], int] = {}
     for data in readings:
-        for name, value in _profile(data).items():
-            counts.setdefault(name, Counter())[value] += 1
-    return {name: count.most_common(1)[0][0] for name, count in counts.items()}
+        profile = _profile_values(data)
+        profiles[profile] = profiles.get(profile, 0) + 1
+    if not profiles:
+        return {}
+    usual: dict[str, object] = {}
+    for at, name in enumerate(_PROFILE):
+        counts: dict[object, int] = {}
+        for profile, count in profiles.items():
+            counts[profile[at]] = counts.get(profile[at], 0) + count
+        usual[name] = max(counts.items(), key=itemgetter(1))[0]  # Counter.most_common(1)
+    return usual
 
 
 def unusual(seen: Notable[Sysctls]) -> str:
     if seen.data.values.get("tcp_tw_recycle"):
         return "tcp_tw_recycle is on"
     usual = seen.peers if isinstance(seen.peers, dict) else {}
-    for name, value in _profile(seen.data).items():
+    for name, value in zip(_PROFILE, _profile_values(seen.data), strict=True):
         if name in usual and value != usual[name]:
             return f"{name} {value} unlike most namespaces' {usual[name]}"
     return ""

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,37 @@ def test_mutated_values_parse_or_raise_source_error(data: bytes) -> None:
 def test_port_list_garbage_is_a_source_error(text: str) -> None:
     with pytest.raises(SourceError):
         parse_port_list(text)
+
+
+def most_common_by_name(readings: list[Sysctls]) -> dict[str, object]:
+    """The reference for usual_values: one Counter per sysctl."""
+    counts: dict[str, Counter[object]] = {}
+    for data in readings:
+        profile: dict[str, object] = {name: data.values.get(name) for name in sysctl.COMPARED}
+        profile["ip_local_port_range"] = data.port_range
+        profile["ip_local_reserved_ports"] = data.reserved_ports
+        for name, value in profile.items():
+            counts.setdefault(name, Counter())[value] += 1
+    return {name: count.most_common(1)[0][0] for name, count in counts.items()}
+
+
+_SYSCTLS = st.builds(
+    Sysctls,
+    st.sampled_from([None, (32768, 60999), (1024, 65535)]),
+    st.sampled_from([None, (), ((8080, 8080),)]),
+    st.dictionaries(
+        st.sampled_from(list(sysctl.INTEGER_SYSCTLS)), st.sampled_from([0, 1, 1.0, 2, 60])
+    ),
+)
+
+
+@FUZZ
+@given(st.lists(_SYSCTLS, max_size=8))
+def test_usual_values_are_the_most_common_first_seen(readings: list[Sysctls]) -> None:
+    """Ties go to the value seen first, and of equal values (1 and 1.0) the first seen
+    is the one named (notable reasons print it)."""
+    expected = most_common_by_name(readings)
+    got = sysctl.usual_values(readings)
+    assert [(name, repr(value)) for name, value in got.items()] == [
+        (name, repr(value)) for name, value in expected.items()
+    ]
