@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client import ProcessCollector
 
 from exporter.config import Config
-from exporter.daemon import PollClock, poll_forever
+from exporter.daemon import PollClock, ProcessMetrics, poll_forever
 from exporter.engine.collector import SnapshotCollector
 from exporter.engine.poller import Poller
 from exporter.engine.snapshot import Snapshot
@@ -226,3 +227,48 @@ def test_a_stopped_process_is_late_not_overrunning(tree: Path) -> None:
     late = [e for e in events if e["event"] == "polling fell behind schedule"]
     assert len(late) == 1 and float(str(late[0]["late_seconds"])) >= 1.0, events
     assert not [e for e in events if e["event"] == "poll overran the interval"]
+
+
+def process_series(collector: ProcessCollector) -> dict[str, tuple[str, str, float]]:
+    return {
+        s.name: (metric.documentation, metric.type, s.value)
+        for metric in collector.collect()
+        for s in metric.samples
+    }
+
+
+VARYING = {"process_cpu_seconds_total", "process_resident_memory_bytes"}
+
+
+@pytest.mark.parametrize("extra", [0, 300])
+def test_process_series_are_the_library_s(extra: int) -> None:
+    """Same series, help and type, and the same values where they hold still (the count
+    of open descriptors counted from the directory's size, as Linux 6.2+ gives it)."""
+    held = [os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) for _ in range(extra)]
+    try:
+        ours = process_series(ProcessMetrics(registry=None))
+        theirs = process_series(ProcessCollector(registry=None))
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert list(ours) == list(theirs)
+    for name, (doc, kind, number) in ours.items():
+        assert (doc, kind) == theirs[name][:2]
+        if name not in VARYING | {"process_virtual_memory_bytes"}:
+            assert number == theirs[name][2], name
+    assert theirs["process_open_fds"][2] >= extra
+
+
+def test_process_series_without_an_fd_size_are_the_library_s(tmp_path: Path) -> None:
+    """A kernel before 6.2 (the fd directory's size is 0): the library's own listing."""
+    proc = tmp_path / "proc"
+    (proc / "42" / "fd").mkdir(parents=True)
+    for fd in range(3):
+        (proc / "42" / "fd" / str(fd)).touch()
+    (proc / "stat").write_text("cpu 1 2 3\nbtime 1700000000\n")
+    (proc / "42" / "stat").write_text("42 (x) " + " ".join(str(n) for n in range(3, 53)) + "\n")
+    (proc / "42" / "limits").write_text("Max open files            1024  4096  files\n")
+    ours = process_series(ProcessMetrics(pid=lambda: 42, proc=str(proc), registry=None))
+    theirs = process_series(ProcessCollector(pid=lambda: 42, proc=str(proc), registry=None))
+    assert ours == theirs
+    assert ours["process_open_fds"][2] == 3
